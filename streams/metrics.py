@@ -1,0 +1,95 @@
+"""The worker's Prometheus metrics (contract section 5), in a registry of their own.
+
+Counters are per process and additive across workers with `sum`. They are incremented from
+what the Redis script reports it counted, so a redelivered record never increments them.
+Label values come from the bounded registries (`other` folding); no customer id reaches them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import ProcessCollector, PlatformCollector, GCCollector
+
+from streams.state import BatchResult, Labels
+
+# Contact delay spans minutes to weeks; event lag spans milliseconds to days.
+DELAY_BUCKETS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400,
+                 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.orders = Counter("cpo_orders", "Orders counted (once per order_id)",
+                              registry=registry)
+        self.orders_by_attribute = Counter(
+            "cpo_orders_by_attribute", "Orders counted, by tracked attribute value",
+            ["dimension", "value"], registry=registry)
+        self.contacts = Counter("cpo_contacts", "Contacts counted (once per contact_id)",
+                                ["cause"], registry=registry)
+        self.contacts_attributed = Counter(
+            "cpo_contacts_attributed", "Contacts joined to their order, by the order's attributes",
+            ["cause", "dimension", "value"], registry=registry)
+        self.contacts_unattributed = Counter(
+            "cpo_contacts_unattributed", "Contacts not joined to an order",
+            ["cause", "reason"], registry=registry)
+        self.orders_contacted = Counter(
+            "cpo_orders_contacted", "Orders at their first attributed contact", registry=registry)
+        self.rejected = Counter("cpo_records_rejected", "Records sent to the DLQ",
+                                ["topic", "reason"], registry=registry)
+        self.duplicates = Counter("cpo_records_duplicate", "Records whose identity was counted",
+                                  ["topic"], registry=registry)
+        self.contact_delay = Histogram(
+            "cpo_contact_delay_seconds", "Contact time minus order time",
+            ["cause"], buckets=DELAY_BUCKETS, registry=registry)
+        self.event_lag = Histogram(
+            "cpo_event_lag_seconds", "Processing time minus occurred_at",
+            ["topic"], buckets=LAG_BUCKETS, registry=registry)
+        self.consumer_lag = Gauge("cpo_consumer_lag_records", "High watermark minus committed",
+                                  ["topic", "partition"], registry=registry)
+        self.redis_errors = Counter("cpo_redis_errors", "Failed Redis calls (retried)",
+                                    registry=registry)
+        self.kafka_errors = Counter("cpo_kafka_errors", "Failed Kafka produce or commit (retried)",
+                                    registry=registry)
+        self.batches = Counter("cpo_batches", "Batches processed", registry=registry)
+        self.batch_seconds = Histogram(
+            "cpo_batch_seconds", "Wall time to process one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+        self.pending_contacts = Gauge("cpo_pending_contacts",
+                                      "Contacts waiting for their order (global)",
+                                      registry=registry)
+        self.ready = Gauge("cpo_worker_ready", "1 when Kafka and Redis are reachable",
+                           registry=registry)
+
+    def count(self, result: BatchResult, labels: Labels, topics: tuple[str, str]) -> None:
+        """Add what one Redis call counted. `topics` is (orders topic, contacts topic)."""
+        for name, n in result.totals.items():
+            kind, _, rest = name.partition(":")
+            if kind == "o":
+                if rest:
+                    dim, value = (int(x) for x in rest.split(":"))
+                    self.orders_by_attribute.labels(
+                        labels.dimensions[dim], labels.value(dim, value)).inc(n)
+                else:
+                    self.orders.inc(n)
+            elif kind == "c":
+                self.contacts.labels(labels.cause(int(rest))).inc(n)
+            elif kind == "a":
+                cause, dim, value = (int(x) for x in rest.split(":"))
+                self.contacts_attributed.labels(
+                    labels.cause(cause), labels.dimensions[dim], labels.value(dim, value)).inc(n)
+            elif kind == "oc":
+                self.orders_contacted.inc(n)
+            elif kind == "do":
+                self.duplicates.labels(topics[0]).inc(n)
+            elif kind == "dc":
+                self.duplicates.labels(topics[1]).inc(n)
+        for contact in result.unattributed:
+            self.contacts_unattributed.labels(labels.cause(contact.cause_id), contact.reason).inc()
+        for contact in result.attributed:
+            self.contact_delay.labels(labels.cause(contact.cause_id)).observe(
+                max(0.0, contact.contact_time - contact.order_time))

@@ -1,0 +1,185 @@
+"""`cpo worker`: the Faust application whose consumer hands whole fetches to the batch processor.
+
+Faust owns the application: the consumer group and partition assignment, the consumer thread,
+flow control during rebalances, offset commits, timers, the web server and signal handling.
+Faust's per-record stream path costs hundreds of microseconds per record on this hardware
+(bench/README.md), so the consumer's drain loop is replaced: instead of dispatching each
+message through the conductor to a stream, it passes each fetch (up to CPO_BATCH_SIZE records
+across the assigned partitions) to `BatchProcessor.process` and then commits the fetch's
+offsets through Faust's own commit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from kafka.errors import KafkaError as KafkaPythonError
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.kafka import faust_broker_settings
+from streams.metrics import WorkerMetrics
+from streams.processor import BatchProcessor
+from streams.settings import Settings, load_settings
+from streams.state import RedisState, connect
+
+log = logging.getLogger("streams.worker")
+EXPIRE_INTERVAL_SECONDS = 1.0
+GAUGE_INTERVAL_SECONDS = 5.0
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with a drain loop that works per fetch, not per record."""
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
+        while not (self.should_stop or fetcher.should_stop):
+            records, active = await self._wait_next_records(1.0)
+            if not records or self.should_stop:
+                continue
+            batch = [
+                record
+                for tp, tp_records in records.items()
+                if active is None or tp in active
+                for record in tp_records
+            ]
+            if not batch:
+                continue
+            await processor.process(batch)
+            offsets: dict[TP, int] = {}
+            for record in batch:
+                offsets[TP(record.topic, record.partition)] = record.offset + 1
+            for tp, offset in offsets.items():
+                self._read_offset[tp] = offset - 1
+            await processor.kafka_call(lambda: self._commit_offsets(offsets), "commit offsets")
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+class PipelineApp(faust.App):
+    """A Faust app whose transport is `BatchTransport`."""
+
+    processor: BatchProcessor
+
+    def _new_transport(self) -> BatchTransport:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+
+def create_app(settings: Settings) -> PipelineApp:
+    app = PipelineApp(
+        settings.group_id,
+        **faust_broker_settings(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        # Tansu holds the first JoinGroup for about half the session timeout (notes).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_rebalance_timeout=30.0,
+        broker_max_poll_records=settings.batch_size,
+        broker_commit_every=10**9,  # offsets are committed per batch by BatchConsumer
+        broker_commit_interval=3600.0,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,
+        producer_max_batch_size=1024 * 1024,
+        producer_max_request_size=16 * 1024 * 1024,  # DLQ holds rejected records > 1 MiB
+        producer_acks=-1,
+        topic_allow_declare=False,
+        topic_partitions=settings.partitions,
+        web_enabled=True,
+        web_port=settings.metrics_port,
+        web_bind=settings.bind_address,
+        web_host=settings.bind_address,
+        store="memory://",
+        table_cleanup_interval=3600.0,
+    )
+    metrics = WorkerMetrics()
+    state = RedisState(connect(settings), settings)
+
+    async def send(topic: str, key: bytes | None, value: bytes,
+                   headers: list[tuple[str, bytes]]) -> None:
+        await app.producer.send(topic, key, value, partition=None, timestamp=None,
+                                headers=headers)
+
+    app.processor = BatchProcessor(
+        settings, state, metrics, send, lambda: app.producer.flush(),
+        kafka_transient=(KafkaError, KafkaPythonError, ConnectionError, asyncio.TimeoutError),
+    )
+    app.topics.add(app.topic(settings.topic_orders, settings.topic_contacts,
+                             value_serializer="raw", key_serializer="raw"))
+    _add_timers(app, settings)
+    _add_pages(app, metrics)
+    return app
+
+
+def _add_timers(app: PipelineApp, settings: Settings) -> None:
+    processor = app.processor
+
+    @app.timer(EXPIRE_INTERVAL_SECONDS)
+    async def expire_pending() -> None:
+        """Every worker sweeps; the Redis script makes each expiry happen exactly once."""
+        await processor.expire_pending()
+
+    @app.timer(GAUGE_INTERVAL_SECONDS)
+    async def refresh_gauges() -> None:
+        metrics = processor.metrics
+        try:
+            metrics.pending_contacts.set(await processor.state.pending_count())
+            processor.health.redis_fault = None
+        except Exception as exc:  # readiness reports it; the batch path retries on its own
+            processor.health.redis_fault = f"redis ping: {type(exc).__name__}: {exc}"
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            committed = consumer._committed_offset.get(tp)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            if highwater is not None:
+                lag = max(0, highwater - (committed or 0))
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        metrics.ready.set(1 if processor.health.ready else 0)
+
+
+def _add_pages(app: PipelineApp, metrics: WorkerMetrics) -> None:
+    processor = app.processor
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.registry),
+                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.text("ok\n")
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        health = processor.health
+        if health.ready:
+            return web.text("ready\n")
+        reasons = "\n".join(r for r in (health.redis_fault, health.kafka_fault) if r)
+        return web.text(f"not ready\n{reasons}\n", status=503)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="override CPO_METRICS_PORT (one host, several workers)")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"metrics_port": str(args.metrics_port)} if args.metrics_port else {}
+    settings = load_settings(**overrides)
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
+                          workdir=os.environ.get("CPO_WORKDIR") or None)
+    worker.execute_from_commandline()
+    return 0
