@@ -244,8 +244,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         try:
             values[name] = setting.parse(raw)
         except ValueError as exc:
-            shown = "***" if setting.secret else repr(raw)
-            raise SettingsError(f"{setting.env}={shown}: {exc}") from None
+            if setting.secret:  # neither the value nor the parser's message may echo it
+                message = str(exc).replace(repr(raw), "the value").replace(raw, "***")
+                raise SettingsError(f"{setting.env}=***: {message}") from None
+            raise SettingsError(f"{setting.env}={raw!r}: {exc}") from None
     if values["metrics_port"] and values["metrics_port"] == values["exporter_port"]:
         raise SettingsError(
             f"CPO_METRICS_PORT={values['metrics_port']}: equals CPO_EXPORTER_PORT; give each its own port"
