@@ -164,14 +164,32 @@ class BatchProcessor:
         result = await self.redis_call(lambda: self.state.expire_pending(now), "expire pending")
         if result.unattributed:
             await self.emit(result)
-            await self.kafka_call(self.flush, "flush producer")
 
     async def emit(self, result: BatchResult) -> None:
         """Update the counters and produce every counted contact to the attributed topic."""
         labels = await self.redis_call(lambda: self.state.labels(result), "read labels")
         self.metrics.count(result, labels, self.topics)
-        if result.attributed or result.unattributed:
-            await self.kafka_call(lambda: self._send_contacts(result, labels), "produce contacts")
+        await self.produce_contacts(result, labels)
+
+    async def produce_contacts(self, result: BatchResult, labels: Labels) -> None:
+        """Produce the output records, then drop them from the Redis outbox once acknowledged."""
+        ids = result.outbox_ids()
+        if not ids:
+            return
+        await self.kafka_call(lambda: self._send_contacts(result, labels), "produce contacts")
+        await self.kafka_call(self.flush, "flush producer")
+        await self.redis_call(lambda: self.state.outbox_done(ids), "outbox ack")
+
+    async def produce_orphans(self, older_than: float) -> int:
+        """Produce output records a crashed worker left in the outbox (at-least-once output)."""
+        result = await self.redis_call(
+            lambda: self.state.outbox_orphans(older_than), "read outbox")
+        if result.outbox_ids():
+            labels = await self.redis_call(lambda: self.state.labels(result), "read labels")
+            log.info("producing %d output records left by a stopped worker",
+                     len(result.outbox_ids()))
+            await self.produce_contacts(result, labels)
+        return len(result.outbox_ids())
 
     async def _send_contacts(self, result: BatchResult, labels: Labels) -> None:
         topic = self.settings.topic_attributed

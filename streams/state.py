@@ -21,11 +21,13 @@ from streams.settings import Settings
 
 SCRIPT = (Path(__file__).parent / "lua" / "state.lua").read_text()
 OTHER = "other"
+OUTBOX = "cpo:outbox"
 UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
 
 
 @dataclass(frozen=True, slots=True)
 class Attributed:
+    outbox_id: str
     contact_id: str
     cause_id: int
     order_id: str
@@ -36,6 +38,7 @@ class Attributed:
 
 @dataclass(frozen=True, slots=True)
 class Unattributed:
+    outbox_id: str
     contact_id: str
     cause_id: int
     reason: str  # "no_order_id" | "order_not_found"
@@ -48,6 +51,9 @@ class BatchResult:
     attributed: list[Attributed] = field(default_factory=list)
     unattributed: list[Unattributed] = field(default_factory=list)
     pending: int = 0
+
+    def outbox_ids(self) -> list[str]:
+        return [c.outbox_id for c in self.attributed] + [c.outbox_id for c in self.unattributed]
 
 
 @dataclass
@@ -134,6 +140,27 @@ class RedisState:
         """Turn contacts whose join grace has passed into `order_not_found`; safe on any worker."""
         return self._parse(await self.script(args=["expire", repr(now), *self._common, str(limit)]))
 
+    async def outbox_done(self, ids: list[str]) -> None:
+        """Forget output records that Kafka has acknowledged."""
+        if ids:
+            await self.client.xdel(OUTBOX, *ids)
+
+    async def outbox_orphans(self, older_than: float, limit: int = 2000) -> BatchResult:
+        """Output records left by a crashed worker: older than `older_than` seconds (Redis clock)."""
+        seconds, micros = await self.client.time()
+        cutoff_ms = int((seconds + micros / 1e6 - older_than) * 1000)
+        entries = await self.client.xrange(OUTBOX, "-", str(cutoff_ms), count=limit)
+        result = BatchResult()
+        for outbox_id, f in entries:
+            if f["k"] == "a":
+                result.attributed.append(Attributed(
+                    outbox_id, f["i"], int(f["c"]), f["o"], int(f["ot"]), float(f["ct"]),
+                    parse_pairs(f["p"])))
+            else:
+                result.unattributed.append(Unattributed(
+                    outbox_id, f["i"], int(f["c"]), UNATTRIBUTED_REASONS[f["r"]], float(f["ct"])))
+        return result
+
     async def pending_count(self) -> int:
         return int(await self.client.zcard("cpo:pq"))
 
@@ -157,15 +184,15 @@ class RedisState:
         return BatchResult(
             totals=totals,
             attributed=[
-                Attributed(attributed[i], int(attributed[i + 1]), attributed[i + 2],
-                           int(attributed[i + 3]), float(attributed[i + 4]),
-                           parse_pairs(attributed[i + 5]))
-                for i in range(0, len(attributed), 6)
+                Attributed(attributed[i], attributed[i + 1], int(attributed[i + 2]),
+                           attributed[i + 3], int(attributed[i + 4]), float(attributed[i + 5]),
+                           parse_pairs(attributed[i + 6]))
+                for i in range(0, len(attributed), 7)
             ],
             unattributed=[
-                Unattributed(unattributed[i], int(unattributed[i + 1]),
-                             UNATTRIBUTED_REASONS[unattributed[i + 2]], float(unattributed[i + 3]))
-                for i in range(0, len(unattributed), 4)
+                Unattributed(unattributed[i], unattributed[i + 1], int(unattributed[i + 2]),
+                             UNATTRIBUTED_REASONS[unattributed[i + 3]], float(unattributed[i + 4]))
+                for i in range(0, len(unattributed), 5)
             ],
             pending=int(pending),
         )

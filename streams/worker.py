@@ -33,6 +33,9 @@ from streams.state import RedisState, connect
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
 GAUGE_INTERVAL_SECONDS = 5.0
+OUTBOX_SWEEP_SECONDS = 10.0
+# A live worker acknowledges its outbox entries within one batch; older ones are orphans.
+OUTBOX_ORPHAN_SECONDS = 60.0
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -127,6 +130,11 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
     async def expire_pending() -> None:
         """Every worker sweeps; the Redis script makes each expiry happen exactly once."""
         await processor.expire_pending()
+
+    @app.timer(OUTBOX_SWEEP_SECONDS)
+    async def produce_orphans() -> None:
+        """Output records whose worker died between Redis and Kafka are produced again."""
+        await processor.produce_orphans(older_than=OUTBOX_ORPHAN_SECONDS)
 
     @app.timer(GAUGE_INTERVAL_SECONDS)
     async def refresh_gauges() -> None:

@@ -16,6 +16,9 @@
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
+--   outbox           stream  every counted contact's output record until Kafka has it (the
+--                            worker deletes entries after the produce is acknowledged; entries
+--                            left by a crashed worker are produced again by any worker)
 --
 -- ARGV: mode ("batch" | "expire"), now, fine res, coarse res, fine ttl, coarse ttl, then
 --   batch:  grace, order ttl, contact ttl, max causes, max values, n dims, dim names...,
@@ -25,8 +28,9 @@
 -- Returns { totals, attributed, unattributed, pending }:
 --   totals       flat field, count pairs summed over the call (resolution independent), plus
 --                "do" / "dc" for duplicate orders / contacts
---   attributed   flat (contact_id, cause id, order_id, order time, contact time, "d:v,d:v")
---   unattributed flat (contact_id, cause id, reason "n" | "f", contact time)
+--   attributed   flat (outbox id, contact_id, cause id, order_id, order time, contact time,
+--                "d:v,d:v")
+--   unattributed flat (outbox id, contact_id, cause id, reason "n" | "f", contact time)
 --   pending      contacts that started waiting for their order in this call
 
 local mode = ARGV[1]
@@ -73,23 +77,29 @@ local function attribute(contact_id, cause, t, t_text, order_id, record)
     redis.call('SET', 'cpo:o:' .. order_id, record, 'KEEPTTL')
     add(t, 'oc', 1)
   end
+  local id = redis.call('XADD', 'cpo:outbox', '*', 'k', 'a', 'i', contact_id, 'c', cause,
+                        'o', order_id, 'ot', order_time, 'ct', t_text, 'p', attrs)
   local n = #attributed
-  attributed[n + 1] = contact_id
-  attributed[n + 2] = cause
-  attributed[n + 3] = order_id
-  attributed[n + 4] = order_time
-  attributed[n + 5] = t_text
-  attributed[n + 6] = attrs
+  attributed[n + 1] = id
+  attributed[n + 2] = contact_id
+  attributed[n + 3] = cause
+  attributed[n + 4] = order_id
+  attributed[n + 5] = order_time
+  attributed[n + 6] = t_text
+  attributed[n + 7] = attrs
   return record
 end
 
 local function unattribute(contact_id, cause, t, t_text, reason)
   add(t, 'u:' .. cause .. ':' .. reason, 1)
+  local id = redis.call('XADD', 'cpo:outbox', '*', 'k', 'u', 'i', contact_id, 'c', cause,
+                        'r', reason, 'ct', t_text)
   local n = #unattributed
-  unattributed[n + 1] = contact_id
-  unattributed[n + 2] = cause
-  unattributed[n + 3] = reason
-  unattributed[n + 4] = t_text
+  unattributed[n + 1] = id
+  unattributed[n + 2] = contact_id
+  unattributed[n + 3] = cause
+  unattributed[n + 4] = reason
+  unattributed[n + 5] = t_text
 end
 
 -- Bounded label registry: the first max-1 names get ids 1.., the rest fold into 0 ("other").

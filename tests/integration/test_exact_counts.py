@@ -1,0 +1,143 @@
+"""Two real workers and the exporter against the real broker and Redis: every counter, every
+windowed rate, the DLQ and the attributed-contacts topic equal an independent computation,
+with and without a worker killed (SIGKILL) mid-stream and restarted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from streams.local import free_port
+from streams.processes import Child, Pipeline
+from streams.settings import Settings, load_settings
+from tests.integration import reference
+from tests.integration.support import consume_all, count_keys, produce, wait_until
+
+GRACE = "20s"
+
+
+@pytest.fixture
+def settings(pipeline_settings: Settings) -> Settings:
+    return load_settings(
+        {**pipeline_settings.as_env(), "CPO_WINDOWS": reference.WINDOWS,
+         "CPO_JOIN_GRACE": GRACE, "CPO_MAX_VALUES": str(reference.MAX_VALUES),
+         "CPO_DIMENSIONS": ",".join(reference.DIMENSIONS), "CPO_BATCH_SIZE": "500"})
+
+
+def summed(workers: list[Child], prefix: str = "cpo_") -> dict:
+    """Worker samples summed across workers, as `sum` in PromQL would."""
+    total: dict = {}
+    for worker in workers:
+        for key, value in worker.scrape().items():
+            if key[0].startswith(prefix):
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> None:
+    now = time.time()
+    data = reference.generate(now)
+    assert reference.window_edges_are_clear(data, now, horizon=300)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    distinct_orders = len(data.orders) - len(data.late_order_ids)
+
+    with Pipeline(settings, tmp_path) as pipeline:
+        ports = [free_port(), free_port()]
+        workers = [pipeline.worker(i, port) for i, port in enumerate(ports)]
+        exporter = pipeline.exporter(refresh=0.5)
+        for child in [*workers, exporter]:
+            child.wait_ready()
+
+        # Phase 1: orders, produced over a few seconds; one worker is killed mid-stream.
+        producer = threading.Thread(target=produce, args=(settings, data.orders_phase, 0.1))
+        producer.start()
+        if kill_mid_stream:
+            wait_until(lambda: count_keys(client, "cpo:o:*") > distinct_orders // 4, 60,
+                       "a quarter of the orders in Redis")
+            workers[0].kill()
+            assert count_keys(client, "cpo:o:*") < distinct_orders  # the kill was mid-stream
+            time.sleep(1)
+            workers[0] = pipeline.worker(0, ports[0])
+        producer.join()
+        wait_until(lambda: count_keys(client, "cpo:o:*") == distinct_orders, 120,
+                   f"{distinct_orders} orders in Redis")
+
+        # Phase 2: contacts; those of the late orders and of unknown orders wait for the join.
+        produce(settings, data.contacts_phase)
+        waiting = len(data.late_order_ids) + 100
+        wait_until(lambda: count_keys(client, "cpo:c:*") == len(data.contacts), 120,
+                   f"{len(data.contacts)} contacts in Redis")
+        assert client.zcard("cpo:pq") == waiting
+
+        # Phase 3: the late orders arrive within the grace; unknown ones expire after it.
+        produce(settings, data.late_orders_phase)
+        wait_until(lambda: client.zcard("cpo:pq") == 0, 120, "no contact waiting for its order")
+        wait_until(lambda: client.xlen("cpo:outbox") == 0, 90, "an empty outbox")
+        for child in workers:
+            child.wait_ready()
+        time.sleep(1.5)  # one more exporter refresh after the last write
+
+        exported = {k: v for k, v in exporter.scrape().items()
+                    if k[0].startswith(("cpo_window", "cpo_defect_rate"))}
+        check_time = time.time()
+        registered = reference.registered_values(exported)
+        assert len(registered["warehouse"]) == reference.MAX_VALUES - 1
+        assert registered["carrier"] == set(reference.VALUES["carrier"])
+        expected = reference.compute(data, check_time,
+                                     registered, (settings.topic_orders, settings.topic_contacts))
+        assert exported == expected.windows
+
+        if not kill_mid_stream:  # a killed worker's process counters die with it
+            counters = summed(workers)
+            actual = {k: v for k, v in counters.items() if k in expected.totals
+                      or k[0] in {name for name, _ in expected.totals}}
+            assert actual == {k: float(v) for k, v in expected.totals.items()}
+
+    check_outputs(settings, data, expected, exactly_once=not kill_mid_stream)
+
+
+def check_outputs(settings: Settings, data: reference.Dataset, expected: reference.Expected,
+                  exactly_once: bool) -> None:
+    rejected = sum(data.rejected.values())
+    dlq = consume_all(settings, settings.topic_dlq, rejected)
+    reason_by_origin: dict[tuple, str] = {}
+    for record in dlq:
+        headers = {k: v.decode() for k, v in record.headers}
+        origin = (headers["cpo-source-topic"], headers["cpo-source-partition"],
+                  headers["cpo-source-offset"])
+        reason_by_origin[origin] = headers["cpo-error-reason"]
+    reasons: dict = {}
+    for (topic, _, _), reason in reason_by_origin.items():
+        kind = "orders" if topic == settings.topic_orders else "contacts"
+        reasons[(kind, reason)] = reasons.get((kind, reason), 0) + 1
+    assert reasons == dict(data.rejected)  # every bad record, with its reason
+    if exactly_once:
+        assert len(dlq) == rejected
+
+    out = consume_all(settings, settings.topic_attributed, len(expected.outputs))
+    records: dict[str, dict] = {}
+    for record in out:
+        value = orjson.loads(record.value)
+        if value["contact_id"] in records:
+            assert records[value["contact_id"]] == value  # a redelivery repeats, never differs
+        records[value["contact_id"]] = value
+    if exactly_once:
+        assert len(out) == len(expected.outputs)
+    assert set(records) == set(expected.outputs)
+    for contact_id, want in expected.outputs.items():
+        got = records[contact_id]
+        assert {k: got.get(k) for k in want} == want, contact_id
+
+
+def test_two_workers_count_exactly(settings: Settings, tmp_path: Path) -> None:
+    run_pipeline(settings, tmp_path, kill_mid_stream=False)
+
+
+def test_counts_stay_exact_when_a_worker_is_killed_mid_stream(
+        settings: Settings, tmp_path: Path) -> None:
+    run_pipeline(settings, tmp_path, kill_mid_stream=True)
