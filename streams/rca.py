@@ -1,0 +1,556 @@
+"""Root cause of a change in a contacts-per-order rate: which attribute values explain it.
+
+`explain` compares a current window with a baseline over the contacts and orders of every
+attribute value and pair of values, and ranks the segments whose own rate rose. The rate is a
+ratio, so volumes are compared as shares and rates, never as raw counts: the baseline usually
+holds a different number of orders than the current window. How and why: docs/root-cause.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+Key = tuple[tuple[str, str], ...]
+"""A segment: (("carrier", "acme"),) or (("carrier", "acme"), ("warehouse", "sea8"))."""
+
+# A pair replaces its parent value when it holds at least PAIR_SHARE of the parent's excess
+# contacts and the rest of the parent (parent minus pair) shows no significant rise, its
+# z-score below REST_Z: then the pair is the more specific answer that explains nearly as much.
+PAIR_SHARE = 0.8
+REST_Z = 3.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Counts of one attribute value (or pair of values) in one window. A segment has the same
+    key (same order of its items) in every window compared."""
+
+    key: Key
+    contacts: float  # contacts of the cause joined to orders in the segment, in the window
+    orders: float  # orders in the segment, in the window
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One window (current or baseline) for one cause."""
+
+    contacts: float  # all contacts of the cause in the window, attributed or not
+    orders: float  # all orders in the window
+    segments: dict[Key, Segment] = field(default_factory=dict)
+    windows: float = 1.0  # how many windows' worth of evidence the counts hold (see below)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One segment's own part in the change of the overall rate.
+
+    The effects are in units of the overall rate. Over the values of one dimension that hold
+    every order and every attributed contact they add up to the overall change (contacts not
+    joined to an order are the rest): rate_effect + mix_effect + interaction =
+    segment contacts / all orders, current minus baseline.
+    """
+
+    key: Key
+    current_rate: float
+    baseline_rate: float  # the overall baseline rate stands in when the segment had no orders
+    current_orders: float
+    baseline_orders: float
+    current_share: float  # of all orders in the window
+    baseline_share: float
+    explanatory_power: float | None  # share of the overall change; None if it did not change
+    surprise: float  # Jensen-Shannon terms of contact shares plus order shares, in bits
+    rate_effect: float  # baseline_share * (current_rate - baseline_rate): a defect
+    mix_effect: float  # (current_share - baseline_share) * baseline_rate: not a defect
+    interaction: float  # (current_share - baseline_share) * (current_rate - baseline_rate)
+
+
+@dataclass(frozen=True)
+class Candidate(Contribution):
+    """A ranked segment. `expected_contacts`, `excess_contacts` and `z_score` are the numbers
+    the search used: the segment's current contacts against what its baseline rates predict
+    for its current orders (its mix within other dimensions included), after removing the
+    defects found before it. Before mix adjustment and shrinkage, excess_contacts / all current
+    orders equals rate_effect + interaction: the contacts a defect added."""
+
+    expected_contacts: float
+    excess_contacts: float
+    z_score: float
+    is_defect: bool
+    parent: Candidate | None = None  # the single value this pair was found within
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The overall change of one cause's rate and its ranked candidates, defects first."""
+
+    cause: str
+    current_rate: float
+    baseline_rate: float
+    ratio: float | None  # current / baseline; None when the baseline rate is zero
+    current_orders: float
+    baseline_orders: float
+    z_score: float
+    is_significant_rise: bool
+    candidates: tuple[Candidate, ...]
+
+    @property
+    def change(self) -> float:
+        return self.current_rate - self.baseline_rate
+
+    @property
+    def defects(self) -> tuple[Candidate, ...]:
+        return tuple(c for c in self.candidates if c.is_defect)
+
+
+def combine_baselines(snapshots: list[Snapshot]) -> Snapshot:
+    """The mean of the counts of several baseline windows (a segment absent from one counts 0).
+
+    The caller averages, e.g., the same window a week earlier and the mean of recent windows.
+    A mean of n windows is as noisy as one window of n times the counts, so `windows` records
+    that evidence (n^2 / sum(1 / windows_i)): the significance test uses it.
+    """
+    if not snapshots:
+        return Snapshot(contacts=0.0, orders=0.0)
+    n = len(snapshots)
+    sums: dict[Key, list[float]] = {}
+    for snapshot in snapshots:
+        for segment in snapshot.segments.values():
+            total = sums.setdefault(segment.key, [0.0, 0.0])
+            total[0] += segment.contacts
+            total[1] += segment.orders
+    return Snapshot(
+        contacts=sum(s.contacts for s in snapshots) / n,
+        orders=sum(s.orders for s in snapshots) / n,
+        segments={key: Segment(key, c / n, o / n) for key, (c, o) in sums.items()},
+        windows=n * n / sum(1 / s.windows for s in snapshots),
+    )
+
+
+def explain(
+    current: Snapshot,
+    baseline: Snapshot,
+    *,
+    cause: str = "all",
+    top: int = 5,
+    min_orders: float = 30.0,
+    min_z: float = 4.0,
+) -> Explanation:
+    """Rank the segments that explain the change of `cause`'s rate from baseline to current.
+
+    A candidate is a defect when its contacts exceed what its baseline rates predict for its
+    current orders with a z-score of at least `min_z` (a Poisson deviate, widened for the
+    baseline's own noise), and it has at least `min_orders` orders now. Segments below
+    `min_orders` are never reported. Defects are ordered by excess contacts; non-defect
+    candidates (largest mix shifts first) follow them when the overall rate rose.
+    """
+    current_rate = _rate(current.contacts, current.orders)
+    baseline_rate = _rate(baseline.contacts, baseline.orders)
+    expected = baseline_rate * current.orders
+    evidence = baseline.windows * baseline.orders
+    z_score = _z(current.contacts, expected, 1 + current.orders / evidence if evidence > 0 else 1)
+    comparable = current.orders > 0 and baseline.orders > 0
+    candidates: tuple[Candidate, ...] = ()
+    if comparable:
+        candidates = _Search(current, baseline, min_orders, min_z).run(top)
+    return Explanation(
+        cause=cause,
+        current_rate=current_rate,
+        baseline_rate=baseline_rate,
+        ratio=current_rate / baseline_rate if baseline_rate > 0 else None,
+        current_orders=current.orders,
+        baseline_orders=baseline.orders,
+        z_score=z_score,
+        is_significant_rise=comparable and current.orders >= min_orders and z_score >= min_z,
+        candidates=candidates,
+    )
+
+
+def label(key: Key) -> str:
+    """(("carrier","acme"),("warehouse","sea8")) -> 'carrier=acme, warehouse=sea8'."""
+    return ", ".join(f"{dimension}={value}" for dimension, value in key)
+
+
+def format_explanation(expl: Explanation) -> str:
+    """One sentence for an alert or a terminal, e.g. 'where_is_my_order rose 3.1x (0.15 vs 0.05
+    baseline); 82% of the rise comes from carrier=acme (CPO 0.31 vs 0.05 baseline), within it
+    warehouse=sea8 (CPO 0.9 vs 0.05 baseline)'."""
+    rates = f"{_num(expl.current_rate)} vs {_num(expl.baseline_rate)} baseline"
+    if expl.ratio is None:
+        missing = "no baseline" if expl.baseline_orders == 0 else "baseline 0"
+        head = f"{expl.cause} at {_num(expl.current_rate)} ({missing})"
+    elif expl.change > 0:
+        head = f"{expl.cause} rose {expl.ratio:.1f}x ({rates})"
+    elif expl.change < 0:
+        head = f"{expl.cause} fell to {expl.ratio:.1f}x ({rates})"
+    else:
+        head = f"{expl.cause} unchanged ({rates})"
+    defects = expl.defects
+    if not defects:
+        mix = [c for c in expl.candidates if c.mix_effect > 0]
+        if expl.change > 0 and mix:
+            c = mix[0]
+            return (
+                f"{head}; no attribute value's own rate rose significantly: a mix shift, "
+                f"{label(c.key)} is {c.current_share:.0%} of orders vs "
+                f"{c.baseline_share:.0%} baseline (CPO {_num(c.baseline_rate)})"
+            )
+        return f"{head}; no attribute value's own rate rose significantly"
+    parts = [_describe(defects[0], lead=expl.change > 0)]
+    parts += [f"also {_describe(c, lead=False)}" for c in defects[1:3]]
+    return f"{head}; " + "; ".join(parts)
+
+
+def to_json(expl: Explanation) -> dict:
+    """The explanation as plain JSON types (no NaN or infinity) for the HTTP endpoint."""
+    return {
+        "cause": expl.cause,
+        "summary": format_explanation(expl),
+        "current_rate": expl.current_rate,
+        "baseline_rate": expl.baseline_rate,
+        "ratio": expl.ratio,
+        "change": expl.change,
+        "current_orders": expl.current_orders,
+        "baseline_orders": expl.baseline_orders,
+        "z_score": expl.z_score,
+        "is_significant_rise": expl.is_significant_rise,
+        "candidates": [_candidate_json(c) for c in expl.candidates],
+    }
+
+
+def _candidate_json(c: Candidate) -> dict:
+    return {
+        "segment": dict(c.key),
+        "label": label(c.key),
+        "is_defect": c.is_defect,
+        "current_rate": c.current_rate,
+        "baseline_rate": c.baseline_rate,
+        "current_orders": c.current_orders,
+        "baseline_orders": c.baseline_orders,
+        "current_share": c.current_share,
+        "baseline_share": c.baseline_share,
+        "explanatory_power": c.explanatory_power,
+        "surprise": c.surprise,
+        "rate_effect": c.rate_effect,
+        "mix_effect": c.mix_effect,
+        "interaction": c.interaction,
+        "expected_contacts": c.expected_contacts,
+        "excess_contacts": c.excess_contacts,
+        "z_score": c.z_score,
+        "parent": None if c.parent is None else _candidate_json(c.parent),
+    }
+
+
+def _describe(c: Candidate, *, lead: bool) -> str:
+    own = f"(CPO {_num(c.current_rate)} vs {_num(c.baseline_rate)} baseline)"
+    if c.parent is None:
+        where = f"{label(c.key)} {own}"
+    else:
+        inner = label(tuple(item for item in c.key if item not in c.parent.key))
+        parent = f"(CPO {_num(c.parent.current_rate)} vs {_num(c.parent.baseline_rate)} baseline)"
+        where = f"{label(c.parent.key)} {parent}, within it {inner} {own}"
+    if lead and c.explanatory_power is not None:
+        return f"{c.explanatory_power:.0%} of the rise comes from {where}"
+    return where
+
+
+def _num(x: float) -> str:
+    return f"{x:.2g}"
+
+
+def _rate(contacts: float, orders: float) -> float:
+    return contacts / orders if orders > 0 else 0.0
+
+
+def _z(actual: float, expected: float, noise: float) -> float:
+    """Freeman-Tukey deviate of a Poisson count, close to a standard normal even when only a
+    few contacts are expected (8 contacts against 2 expected: (8 - 2) / sqrt(2) = 4.2 says
+    1 in 90,000, the Poisson tail is 1 in 900, this deviate 2.8), divided by sqrt(noise): the expectation comes from a baseline that is itself a count, and
+    its variance adds expected * current orders / baseline orders to the Poisson one."""
+    deviate = math.sqrt(actual) + math.sqrt(actual + 1) - math.sqrt(4 * expected + 1)
+    return deviate / math.sqrt(noise)
+
+
+def _js_term(p: float, q: float) -> float:
+    """One element's term of the Jensen-Shannon divergence (Adtributor's surprise), in bits."""
+    m = (p + q) / 2
+    return 0.5 * sum(x * math.log2(x / m) for x in (p, q) if x > 0)
+
+
+@dataclass
+class _Cell:
+    """A segment's current contacts and the contacts its baseline rates predict for them."""
+
+    actual: float
+    expected: float
+    noise: float = 1.0  # variance of the excess over that of a Poisson count (see _z)
+
+    @property
+    def excess(self) -> float:
+        return self.actual - self.expected
+
+    @property
+    def z(self) -> float:
+        return _z(self.actual, self.expected, self.noise)
+
+    def minus(self, other: _Cell) -> _Cell:
+        actual = max(self.actual - other.actual, 0.0)
+        return _Cell(actual, max(self.expected - other.expected, 0.0), self.noise)
+
+
+class _Search:
+    """Greedy explain-away search over single values and pairs (see docs/root-cause.md)."""
+
+    def __init__(self, current: Snapshot, baseline: Snapshot, min_orders: float, min_z: float):
+        self.current, self.baseline = current, baseline
+        self.min_orders, self.min_z = min_orders, min_z
+        self.keys: dict[frozenset, Key] = {}
+        self.cur: dict[frozenset, Segment] = {}
+        self.base: dict[frozenset, Segment] = {}
+        for snapshot, into in ((current, self.cur), (baseline, self.base)):
+            for segment in snapshot.segments.values():
+                fs = frozenset(segment.key)
+                self.keys.setdefault(fs, segment.key)
+                into[fs] = segment
+        self.baseline_rate = _rate(baseline.contacts, baseline.orders)
+        self.cells = self._cells()
+
+    def _orders(self, fs: frozenset, window: dict[frozenset, Segment]) -> float:
+        segment = window.get(fs)
+        return segment.orders if segment else 0.0
+
+    def _contacts(self, fs: frozenset, window: dict[frozenset, Segment]) -> float:
+        segment = window.get(fs)
+        return segment.contacts if segment else 0.0
+
+    def _noise(self, fs: frozenset) -> float:
+        """1 + current orders / baseline evidence: how much the baseline's own noise widens
+        the spread of the excess (the prior of the shrunk rate counts as min_orders orders)."""
+        evidence = self.baseline.windows * self._orders(fs, self.base) + self.min_orders
+        if evidence <= 0:  # no baseline orders and no prior: the overall rate stood in
+            evidence = self.baseline.windows * self.baseline.orders
+        return 1 + self._orders(fs, self.cur) / evidence
+
+    def _smoothed_rate(self, fs: frozenset, prior: float) -> float:
+        """Baseline rate shrunk toward `prior` with the weight of `min_orders` orders, so that a
+        segment with 2 baseline orders and 0 contacts does not predict a rate of zero."""
+        orders = self._orders(fs, self.base) + self.min_orders
+        contacts = self._contacts(fs, self.base) + self.min_orders * prior
+        return contacts / orders if orders > 0 else prior
+
+    def _cells(self) -> dict[frozenset, _Cell]:
+        """Expected current contacts of every segment at its baseline rates, following mix.
+
+        A single value's expectation follows its mix of partners in each other dimension,
+        through its pairs: the sum of partner pairs' baseline rates times their current orders.
+        A pair has no finer counts: it takes the mix drift (as a factor) that its parents show
+        along the dimensions outside the pair, as if it were composed like them. Where
+        dimensions disagree the largest expectation is kept, the one with the fewest defects.
+        So a value whose rate rose only because its orders moved toward high-rate partners is
+        no defect."""
+        singles = [fs for fs in self.keys if len(fs) == 1]
+        pairs = [fs for fs in self.keys if len(fs) == 2]
+        smoothed = {fs: self._smoothed_rate(fs, self.baseline_rate) for fs in singles}
+        flat: dict[frozenset, float] = {}
+        groups: dict[frozenset, dict[str, list[frozenset]]] = {fs: {} for fs in singles}
+        for fs in pairs:
+            prior = max((smoothed.get(frozenset([i]), 0.0) for i in fs), default=0.0)
+            rate = self._smoothed_rate(fs, prior or self.baseline_rate)
+            flat[fs] = rate * self._orders(fs, self.cur)
+            for item in fs:
+                (partner,) = fs - {item}
+                groups.setdefault(frozenset([item]), {}).setdefault(partner[0], []).append(fs)
+        cells: dict[frozenset, _Cell] = {}
+        drift: dict[frozenset, dict[str, float]] = {}
+        for fs in singles:
+            orders = self._orders(fs, self.cur)
+            expected = smoothed[fs] * orders
+            drift[fs] = {}
+            for dimension, group in groups[fs].items():
+                covered = sum(self._orders(p, self.cur) for p in group)
+                rest = smoothed[fs] * max(orders - covered, 0.0)
+                within = sum(flat[p] for p in group) + rest
+                drift[fs][dimension] = within / expected if expected > 0 else 1.0
+            factor = max([1.0, *drift[fs].values()])
+            cells[fs] = _Cell(self._contacts(fs, self.cur), expected * factor, self._noise(fs))
+        for fs in pairs:
+            own = {dimension for dimension, _ in fs}
+            factor = max(
+                [1.0]
+                + [
+                    f
+                    for parent in (frozenset([item]) for item in fs)
+                    for dimension, f in drift.get(parent, {}).items()
+                    if dimension not in own
+                ]
+            )
+            cells[fs] = _Cell(self._contacts(fs, self.cur), flat[fs] * factor, self._noise(fs))
+        return cells
+
+    def _defect(self, cell: _Cell) -> bool:
+        return cell.excess > 0 and cell.z >= self.min_z
+
+    def run(self, top: int) -> tuple[Candidate, ...]:
+        """Pick the most certain defect (highest z), name it (value or pair), remove its orders
+        and contacts from every other segment, repeat. A shadow of an incident (its part in
+        another dimension's values) is always less certain than the incident, so it is never
+        picked first and is gone once the incident is removed. The defects are then ordered
+        by excess contacts, the size of the problem; non-defects (mix shifts) follow."""
+        live = {
+            fs: cell
+            for fs, cell in self.cells.items()
+            if self._orders(fs, self.cur) >= self.min_orders
+        }
+        defects: list[Candidate] = []
+        while len(defects) < top:
+            significant = [fs for fs, cell in live.items() if self._defect(cell)]
+            if not significant:
+                break
+            best = min(significant, key=lambda fs: (-live[fs].z, -live[fs].excess, sorted(fs)))
+            reported, parent = self._refine(best, live)
+            defects.append(
+                self._candidate(
+                    reported,
+                    live[reported],
+                    is_defect=True,
+                    parent=None if parent is None else self._candidate(parent, live[parent]),
+                )
+            )
+            region = parent or reported
+            live = {
+                fs: cell.minus(self._overlap(fs, region))
+                for fs, cell in live.items()
+                if not region <= fs
+            }
+        defects.sort(key=lambda c: -c.excess_contacts)
+        mix: list[Candidate] = []
+        if self.current.contacts / self.current.orders > self.baseline_rate:
+            # The loop ended with no defect left (or `top` reached): the rest are not defects.
+            singles = [self._candidate(fs, cell) for fs, cell in live.items() if len(fs) == 1]
+            mix = sorted((c for c in singles if c.mix_effect > 0), key=lambda c: -c.mix_effect)
+        return tuple(defects + mix[: max(top - len(defects), 0)])
+
+    def _overlap(self, fs: frozenset, region: frozenset) -> _Cell:
+        """The part of segment `fs` inside `region`. Exact when the counts hold it: two values
+        of different dimensions (their pair), a value and a pair it belongs to; two values of
+        one dimension share nothing. Three values would need a triple, which is not counted:
+        it is estimated from each pair of the three, as the share of that pair that also has
+        the third value x (taken as x's share of orders within one of the pair's values), and
+        the estimate with the largest excess is removed, so that a shadow is removed rather
+        than left behind. Four values (two disjoint pairs) count as no overlap."""
+        values = dict(fs)
+        if any(values.get(dimension, value) != value for dimension, value in region):
+            return _Cell(0.0, 0.0)
+        union = fs | region
+        if union in self.cells:
+            return self.cells[union]
+        estimates = []
+        if len(union) == 3:
+            for x in union:
+                known = self.cells.get(union - {x})
+                for y in union - {x}:
+                    y_orders = self._orders(frozenset([y]), self.cur)
+                    if known is not None and y_orders > 0:
+                        f = self._orders(frozenset([x, y]), self.cur) / y_orders
+                        estimates.append(_Cell(known.actual * f, known.expected * f, known.noise))
+        return max(estimates, key=lambda cell: cell.excess, default=_Cell(0.0, 0.0))
+
+    def _refine(
+        self, best: frozenset, live: dict[frozenset, _Cell]
+    ) -> tuple[frozenset, frozenset | None]:
+        """(reported segment, the single value it lies within or None): a pair is reported
+        within a parent value that it explains (PAIR_SHARE, REST_Z). Of two such parents, the
+        one with the higher z-score (the more concentrated) is named."""
+
+        def confined(pair: frozenset, parent: frozenset) -> bool:
+            p, c = live[parent], live[pair]
+            return p.excess > 0 and c.excess >= PAIR_SHARE * p.excess and p.minus(c).z < REST_Z
+
+        if len(best) == 1:
+            pairs = [
+                fs
+                for fs, cell in live.items()
+                if len(fs) == 2 and best < fs and self._defect(cell) and confined(fs, best)
+            ]
+            if not pairs:
+                return best, None
+            best = min(pairs, key=lambda fs: (-live[fs].z, -live[fs].excess, sorted(fs)))
+        parents = [p for p in (frozenset([i]) for i in best) if p in live and confined(best, p)]
+        if not parents:
+            return best, None
+        return best, min(parents, key=lambda p: (-live[p].z, sorted(p)))
+
+    def _candidate(
+        self,
+        fs: frozenset,
+        cell: _Cell,
+        *,
+        is_defect: bool = False,
+        parent: Candidate | None = None,
+    ) -> Candidate:
+        own = contribution(self.current, self.baseline, self.keys[fs])
+        return Candidate(
+            **{f.name: getattr(own, f.name) for f in fields(Contribution)},
+            expected_contacts=cell.expected,
+            excess_contacts=cell.excess,
+            z_score=cell.z,
+            is_defect=is_defect,
+            parent=parent,
+        )
+
+
+def contribution(current: Snapshot, baseline: Snapshot, key: Key) -> Contribution:
+    """The segment's own numbers: shift-share effects, explanatory power and surprise."""
+    empty = Segment(key, 0.0, 0.0)
+    cur = current.segments.get(key, empty)
+    base = baseline.segments.get(key, empty)
+    r_cur = _rate(cur.contacts, cur.orders)
+    r_base = (
+        _rate(base.contacts, base.orders)
+        if base.orders > 0
+        else _rate(baseline.contacts, baseline.orders)
+    )
+    w_cur, w_base = _share(cur.orders, current.orders), _share(base.orders, baseline.orders)
+    return Contribution(
+        key=key,
+        current_rate=r_cur,
+        baseline_rate=r_base,
+        current_orders=cur.orders,
+        baseline_orders=base.orders,
+        current_share=w_cur,
+        baseline_share=w_base,
+        explanatory_power=_explanatory_power(current, baseline, cur, base),
+        surprise=_js_term(
+            _share(base.contacts, baseline.contacts), _share(cur.contacts, current.contacts)
+        )
+        + _js_term(w_base, w_cur),
+        rate_effect=w_base * (r_cur - r_base),
+        mix_effect=(w_cur - w_base) * r_base,
+        interaction=(w_cur - w_base) * (r_cur - r_base),
+    )
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+def _explanatory_power(
+    current: Snapshot, baseline: Snapshot, cur: Segment, base: Segment
+) -> float | None:
+    """Adtributor's explanatory power for a derived measure m1/m2: the change of the overall
+    rate when only this segment's counts move from baseline to current, over the overall
+    change. The baseline is first scaled to the current order volume (k), so a segment that
+    merely grew with all traffic explains nothing."""
+    if current.orders <= 0 or baseline.orders <= 0:
+        return None
+    r_cur = current.contacts / current.orders
+    r_base = baseline.contacts / baseline.orders
+    if math.isclose(r_cur, r_base, rel_tol=1e-9, abs_tol=1e-15):
+        return None
+    k = current.orders / baseline.orders
+    d_contacts = cur.contacts - k * base.contacts
+    d_orders = cur.orders - k * base.orders
+    denominator = current.orders + d_orders  # scaled baseline orders + this segment's change
+    if denominator <= 0:
+        return None
+    return (d_contacts - d_orders * r_base) / denominator / (r_cur - r_base)
