@@ -15,6 +15,7 @@ FINE_SECONDS = 10
 COARSE_SECONDS = 300
 # Coarse buckets outlive the longest window by a week, for week-over-week baselines.
 BASELINE_HISTORY_SECONDS = 8 * 86400
+FINE_HORIZON_MARGIN_SECONDS = 120
 KEY_PREFIX = "cpo:b:"
 
 
@@ -45,6 +46,14 @@ def window_keys(now: float, window_seconds: float, resolution: int | None = None
     resolution = resolution or resolution_for(window_seconds)
     start, end = window_bounds(now, window_seconds, resolution)
     return [bucket_key(resolution, s) for s in range(start, end, resolution)]
+
+
+def fine_horizon(window_seconds: list[float]) -> int:
+    """How far before now a count still goes to a fine bucket: the longest window read from
+    fine buckets, plus a margin for clock skew between workers and the exporter. Older events
+    (a backfill, a replay) are written to coarse buckets only, which every such window ignores."""
+    fine_windows = [w for w in window_seconds if w < 3600]
+    return int(max(fine_windows) + FINE_HORIZON_MARGIN_SECONDS) if fine_windows else 0
 
 
 def bucket_ttls(window_seconds: list[float]) -> tuple[int, int]:

@@ -173,7 +173,7 @@ class BatchProcessor:
 
     async def produce_contacts(self, result: BatchResult, labels: Labels) -> None:
         """Produce the output records, then drop them from the Redis outbox once acknowledged."""
-        ids = result.outbox_ids()
+        ids = result.outbox_ids
         if not ids:
             return
         await self.kafka_call(lambda: self._send_contacts(result, labels), "produce contacts")
@@ -184,12 +184,12 @@ class BatchProcessor:
         """Produce output records a crashed worker left in the outbox (at-least-once output)."""
         result = await self.redis_call(
             lambda: self.state.outbox_orphans(older_than), "read outbox")
-        if result.outbox_ids():
+        if result.outbox_ids:
             labels = await self.redis_call(lambda: self.state.labels(result), "read labels")
             log.info("producing %d output records left by a stopped worker",
-                     len(result.outbox_ids()))
+                     len(result.attributed) + len(result.unattributed))
             await self.produce_contacts(result, labels)
-        return len(result.outbox_ids())
+        return len(result.outbox_ids)
 
     async def _send_contacts(self, result: BatchResult, labels: Labels) -> None:
         topic = self.settings.topic_attributed

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import orjson
 import redis.asyncio as aioredis
 
-from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls
+from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon
 from streams.events import ContactEvent, OrderEvent
 from streams.settings import Settings
 
@@ -27,7 +28,6 @@ UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
 
 @dataclass(frozen=True, slots=True)
 class Attributed:
-    outbox_id: str
     contact_id: str
     cause_id: int
     order_id: str
@@ -38,7 +38,6 @@ class Attributed:
 
 @dataclass(frozen=True, slots=True)
 class Unattributed:
-    outbox_id: str
     contact_id: str
     cause_id: int
     reason: str  # "no_order_id" | "order_not_found"
@@ -51,9 +50,7 @@ class BatchResult:
     attributed: list[Attributed] = field(default_factory=list)
     unattributed: list[Unattributed] = field(default_factory=list)
     pending: int = 0
-
-    def outbox_ids(self) -> list[str]:
-        return [c.outbox_id for c in self.attributed] + [c.outbox_id for c in self.unattributed]
+    outbox_ids: list[str] = field(default_factory=list)  # entries holding these output records
 
 
 @dataclass
@@ -100,9 +97,11 @@ class RedisState:
         self.settings = settings
         self.script = client.register_script(SCRIPT)
         self.dimensions = settings.dimensions
-        self._dim_index = {name: str(i + 1) for i, name in enumerate(settings.dimensions)}
-        fine_ttl, coarse_ttl = bucket_ttls(list(settings.window_seconds().values()))
-        self._common = [str(FINE_SECONDS), str(COARSE_SECONDS), str(fine_ttl), str(coarse_ttl)]
+        self._dim_index = {name: i + 1 for i, name in enumerate(settings.dimensions)}
+        windows = list(settings.window_seconds().values())
+        fine_ttl, coarse_ttl = bucket_ttls(windows)
+        self._common = [str(FINE_SECONDS), str(COARSE_SECONDS), str(fine_ttl), str(coarse_ttl),
+                        str(fine_horizon(windows))]
         self._batch_head = [
             str(int(settings.join_grace)),
             str(int(settings.order_retention)),
@@ -116,19 +115,21 @@ class RedisState:
 
     def batch_args(
         self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float
-    ) -> list[str]:
-        args = ["batch", repr(now), *self._common, *self._batch_head, str(len(orders))]
+    ) -> list[str | bytes]:
+        """The script's arguments; the events travel as one JSON array (cheap to pack here and
+        to decode in Lua, unlike thousands of separate arguments)."""
+        events: list = [len(orders)]
         dim_index = self._dim_index
         for order in orders:
             tracked = [(dim_index[k], v) for k, v in order.attributes.items() if k in dim_index]
-            args += (order.order_id, repr(order.occurred_at), str(len(tracked)))
-            for index, value in tracked:
-                args += (index, value)
-        args.append(str(len(contacts)))
+            events += (order.order_id, order.occurred_at, len(tracked))
+            for pair in tracked:
+                events += pair
+        events.append(len(contacts))
         for contact in contacts:
-            args += (contact.contact_id, repr(contact.occurred_at), contact.cause,
-                     contact.order_id or "")
-        return args
+            events += (contact.contact_id, repr(contact.occurred_at), contact.cause,
+                       contact.order_id or "")
+        return ["batch", repr(now), *self._common, *self._batch_head, orjson.dumps(events)]
 
     async def apply_batch(
         self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float
@@ -151,14 +152,10 @@ class RedisState:
         cutoff_ms = int((seconds + micros / 1e6 - older_than) * 1000)
         entries = await self.client.xrange(OUTBOX, "-", str(cutoff_ms), count=limit)
         result = BatchResult()
-        for outbox_id, f in entries:
-            if f["k"] == "a":
-                result.attributed.append(Attributed(
-                    outbox_id, f["i"], int(f["c"]), f["o"], int(f["ot"]), float(f["ct"]),
-                    parse_pairs(f["p"])))
-            else:
-                result.unattributed.append(Unattributed(
-                    outbox_id, f["i"], int(f["c"]), UNATTRIBUTED_REASONS[f["r"]], float(f["ct"])))
+        for outbox_id, fields in entries:
+            result.attributed += parse_attributed(orjson.loads(fields["a"]))
+            result.unattributed += parse_unattributed(orjson.loads(fields["u"]))
+            result.outbox_ids.append(outbox_id)
         return result
 
     async def pending_count(self) -> int:
@@ -179,23 +176,28 @@ class RedisState:
 
     @staticmethod
     def _parse(reply: list) -> BatchResult:
-        flat_totals, attributed, unattributed, pending = reply
+        flat_totals, attributed, unattributed, pending, outbox_id = reply
         totals = {flat_totals[i]: int(flat_totals[i + 1]) for i in range(0, len(flat_totals), 2)}
         return BatchResult(
             totals=totals,
-            attributed=[
-                Attributed(attributed[i], attributed[i + 1], int(attributed[i + 2]),
-                           attributed[i + 3], int(attributed[i + 4]), float(attributed[i + 5]),
-                           parse_pairs(attributed[i + 6]))
-                for i in range(0, len(attributed), 7)
-            ],
-            unattributed=[
-                Unattributed(unattributed[i], unattributed[i + 1], int(unattributed[i + 2]),
-                             UNATTRIBUTED_REASONS[unattributed[i + 3]], float(unattributed[i + 4]))
-                for i in range(0, len(unattributed), 5)
-            ],
+            attributed=parse_attributed(attributed),
+            unattributed=parse_unattributed(unattributed),
             pending=int(pending),
+            outbox_ids=[outbox_id] if outbox_id else [],
         )
+
+
+def parse_attributed(flat: list | dict) -> list[Attributed]:
+    """The script's flat attributed list (an empty one may arrive as `{}` from cjson)."""
+    return [Attributed(str(flat[i]), int(flat[i + 1]), str(flat[i + 2]), int(flat[i + 3]),
+                       float(flat[i + 4]), parse_pairs(str(flat[i + 5])))
+            for i in range(0, len(flat), 6)]
+
+
+def parse_unattributed(flat: list | dict) -> list[Unattributed]:
+    return [Unattributed(str(flat[i]), int(flat[i + 1]), UNATTRIBUTED_REASONS[flat[i + 2]],
+                         float(flat[i + 3]))
+            for i in range(0, len(flat), 4)]
 
 
 def _field_pair(field_name: str) -> tuple[int, int]:

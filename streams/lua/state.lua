@@ -12,25 +12,28 @@
 --   pq               zset    contact_id -> join deadline (wall clock)
 --   pc               hash    contact_id -> "<cause id> <contact time> <order_id>"
 --   po:<order_id>    set     contact_ids waiting for that order
+--   pending_orders   set     order_ids that have contacts waiting (one SMISMEMBER per batch)
 --   reg:cause        hash    cause -> id (1..max-1; 0 is "other")
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
---   outbox           stream  every counted contact's output record until Kafka has it (the
---                            worker deletes entries after the produce is acknowledged; entries
---                            left by a crashed worker are produced again by any worker)
+--   outbox           stream  one entry per call holding its output records (JSON), until
+--                            Kafka has them: the worker deletes the entry after the produce
+--                            is acknowledged; entries left by a crashed worker are produced
+--                            again by any worker
 --
--- ARGV: mode ("batch" | "expire"), now, fine res, coarse res, fine ttl, coarse ttl, then
+-- ARGV: mode ("batch" | "expire"), now, fine res, coarse res, fine ttl, coarse ttl,
+--   fine horizon (seconds before now beyond which fine buckets are not written), then
 --   batch:  grace, order ttl, contact ttl, max causes, max values, n dims, dim names...,
---           n orders, (order_id, time, n attrs, (dim index, value)...)...,
---           n contacts, (contact_id, time, cause, order_id or "")...
+--           events as one JSON array (see apply_batch)
 --   expire: limit
--- Returns { totals, attributed, unattributed, pending }:
+-- Returns { totals, attributed, unattributed, pending, outbox id or "" }:
 --   totals       flat field, count pairs summed over the call (resolution independent), plus
 --                "do" / "dc" for duplicate orders / contacts
---   attributed   flat (outbox id, contact_id, cause id, order_id, order time, contact time,
---                "d:v,d:v")
---   unattributed flat (outbox id, contact_id, cause id, reason "n" | "f", contact time)
+--   attributed   flat (contact_id, cause id, order_id, order time, contact time, "d:v,d:v")
+--   unattributed flat (contact_id, cause id, reason "n" | "f", contact time)
+-- Hot path: field names are built once per call and cached, and every count goes to a
+-- per-bucket Lua table first, so Redis sees one HINCRBY per distinct field and bucket.
 --   pending      contacts that started waiting for their order in this call
 
 local mode = ARGV[1]
@@ -38,68 +41,86 @@ local now = tonumber(ARGV[2])
 local fine_res, coarse_res = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fine_ttl, coarse_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local increments = {}   -- bucket key -> field -> count
-local bucket_ttl = {}   -- bucket key -> ttl
-local totals = {}       -- field -> count
+local fine_horizon = tonumber(ARGV[7])  -- older events are never read from fine buckets
+local fine_buckets, coarse_buckets = {}, {}  -- bucket start -> field -> count
+local discard = {}  -- the fine table of events older than the fine horizon: never written
+local duplicates = {}
 local attributed = {}
 local unattributed = {}
 local pending = 0
+local floor = math.floor
 
-local function bucket(t, res, ttl)
-  local key = 'cpo:b:' .. res .. ':' .. string.format('%d', math.floor(t / res) * res)
-  if not increments[key] then
-    increments[key] = {}
-    bucket_ttl[key] = ttl
+-- The fine and coarse count tables of event time t.
+local function buckets(t)
+  local fine = discard
+  if t >= now - fine_horizon then
+    local fine_start = floor(t / fine_res) * fine_res
+    fine = fine_buckets[fine_start]
+    if not fine then
+      fine = {}
+      fine_buckets[fine_start] = fine
+    end
   end
-  return increments[key]
+  local coarse_start = floor(t / coarse_res) * coarse_res
+  local coarse = coarse_buckets[coarse_start]
+  if not coarse then
+    coarse = {}
+    coarse_buckets[coarse_start] = coarse
+  end
+  return fine, coarse
 end
 
-local function add(t, field, n)
-  local fine = bucket(t, fine_res, fine_ttl)
-  local coarse = bucket(t, coarse_res, coarse_ttl)
-  fine[field] = (fine[field] or 0) + n
-  coarse[field] = (coarse[field] or 0) + n
-  totals[field] = (totals[field] or 0) + n
+local function add(fine, coarse, field)
+  fine[field] = (fine[field] or 0) + 1
+  coarse[field] = (coarse[field] or 0) + 1
 end
 
-local function count(field, n)
-  totals[field] = (totals[field] or 0) + n
+-- Cached field names: 'a:<cause>:<d>:<v>' per cause and pair, 'c:<cause>', 'u:<cause>:<r>'.
+local field_cache = {}
+local function field(prefix, cause, suffix)
+  local by_cause = field_cache[prefix .. cause]
+  if not by_cause then
+    by_cause = {}
+    field_cache[prefix .. cause] = by_cause
+  end
+  local name = by_cause[suffix]
+  if not name then
+    name = prefix .. cause .. suffix
+    by_cause[suffix] = name
+  end
+  return name
 end
 
 -- Attribute a contact to its order record; returns the record with the contacted flag set.
 local function attribute(contact_id, cause, t, t_text, order_id, record)
+  local fine, coarse = buckets(t)
   local order_time, attrs = string.match(record, '^.(%-?%d+),?(.*)$')
   for pair in string.gmatch(attrs, '[^,]+') do
-    add(t, 'a:' .. cause .. ':' .. pair, 1)
+    add(fine, coarse, field('a:', cause, ':' .. pair))
   end
   if string.sub(record, 1, 1) == '0' then
     record = '1' .. string.sub(record, 2)
     redis.call('SET', 'cpo:o:' .. order_id, record, 'KEEPTTL')
-    add(t, 'oc', 1)
+    add(fine, coarse, 'oc')
   end
-  local id = redis.call('XADD', 'cpo:outbox', '*', 'k', 'a', 'i', contact_id, 'c', cause,
-                        'o', order_id, 'ot', order_time, 'ct', t_text, 'p', attrs)
   local n = #attributed
-  attributed[n + 1] = id
-  attributed[n + 2] = contact_id
-  attributed[n + 3] = cause
-  attributed[n + 4] = order_id
-  attributed[n + 5] = order_time
-  attributed[n + 6] = t_text
-  attributed[n + 7] = attrs
+  attributed[n + 1] = contact_id
+  attributed[n + 2] = cause
+  attributed[n + 3] = order_id
+  attributed[n + 4] = order_time
+  attributed[n + 5] = t_text
+  attributed[n + 6] = attrs
   return record
 end
 
 local function unattribute(contact_id, cause, t, t_text, reason)
-  add(t, 'u:' .. cause .. ':' .. reason, 1)
-  local id = redis.call('XADD', 'cpo:outbox', '*', 'k', 'u', 'i', contact_id, 'c', cause,
-                        'r', reason, 'ct', t_text)
+  local fine, coarse = buckets(t)
+  add(fine, coarse, field('u:', cause, ':' .. reason))
   local n = #unattributed
-  unattributed[n + 1] = id
-  unattributed[n + 2] = contact_id
-  unattributed[n + 3] = cause
-  unattributed[n + 4] = reason
-  unattributed[n + 5] = t_text
+  unattributed[n + 1] = contact_id
+  unattributed[n + 2] = cause
+  unattributed[n + 3] = reason
+  unattributed[n + 4] = t_text
 end
 
 -- Bounded label registry: the first max-1 names get ids 1.., the rest fold into 0 ("other").
@@ -129,57 +150,88 @@ local function registry_id(key, name, max)
 end
 
 local function apply_batch()
-  local grace = tonumber(ARGV[7])
-  local order_ttl, contact_ttl = tonumber(ARGV[8]), tonumber(ARGV[9])
-  local max_causes, max_values = tonumber(ARGV[10]), tonumber(ARGV[11])
-  local n_dims = tonumber(ARGV[12])
+  local grace = tonumber(ARGV[8])
+  local order_ttl, contact_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local max_causes, max_values = tonumber(ARGV[11]), tonumber(ARGV[12])
+  local n_dims = tonumber(ARGV[13])
   local dim_ids = {}
   for d = 1, n_dims do
-    dim_ids[d] = registry_id('cpo:reg:dim', ARGV[12 + d], 1e9)
+    dim_ids[d] = registry_id('cpo:reg:dim', ARGV[13 + d], 1e9)
   end
-  local i = 13 + n_dims
+  -- The events, as one JSON array: n orders, (order_id, time, n attrs, (dim index, value)...)...,
+  -- n contacts, (contact_id, time text, cause, order_id or "")...
+  local A = cjson.decode(ARGV[14 + n_dims])
+  local i = 1
 
-  local n_orders = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n_orders do
-    local order_id, t = ARGV[i], tonumber(ARGV[i + 1])
-    local n_attrs = tonumber(ARGV[i + 2])
-    i = i + 3
-    local pairs_ = {}
-    for a = 1, n_attrs do
-      local dim = dim_ids[tonumber(ARGV[i])]
-      local value = ARGV[i + 1]
+  -- (dimension index, value) -> 'd:v' with registry ids, and 'd:v' -> 'o:d:v', built once.
+  local pair_cache, order_field = {}, {}
+  local function pair_of(dim_index, value)
+    local by_value = pair_cache[dim_index]
+    if not by_value then
+      by_value = {}
+      pair_cache[dim_index] = by_value
+    end
+    local pair = by_value[value]
+    if not pair then
+      local dim = dim_ids[tonumber(dim_index)]
       local value_id = 0
       if value ~= 'other' then
         value_id = registry_id('cpo:reg:v:' .. dim, value, max_values)
       end
-      pairs_[a] = dim .. ':' .. value_id
+      pair = dim .. ':' .. value_id
+      by_value[value] = pair
+      order_field[pair] = 'o:' .. pair
+    end
+    return pair
+  end
+
+  local n_orders = tonumber(A[i]); i = i + 1
+  local waiting = {}
+  if n_orders > 0 and redis.call('EXISTS', 'cpo:pending_orders') == 1 then
+    local ids, j = {}, i
+    for k = 1, n_orders do
+      ids[k] = A[j]
+      j = j + 3 + 2 * tonumber(A[j + 2])
+    end
+    waiting = redis.call('SMISMEMBER', 'cpo:pending_orders', unpack(ids))
+  end
+  for k = 1, n_orders do
+    local order_id, t = A[i], tonumber(A[i + 1])
+    local n_attrs = tonumber(A[i + 2])
+    i = i + 3
+    local pairs_ = {}
+    for a = 1, n_attrs do
+      pairs_[a] = pair_of(A[i], A[i + 1])
       i = i + 2
     end
-    local record = '0' .. string.format('%d', math.floor(t))
+    local record = '0' .. string.format('%d', floor(t))
     if n_attrs > 0 then record = record .. ',' .. table.concat(pairs_, ',') end
     if redis.call('SET', 'cpo:o:' .. order_id, record, 'NX', 'EX', order_ttl) then
-      add(t, 'o', 1)
-      for a = 1, n_attrs do add(t, 'o:' .. pairs_[a], 1) end
-      local waiting_key = 'cpo:po:' .. order_id
-      local waiting = redis.call('SMEMBERS', waiting_key)
-      for _, contact_id in ipairs(waiting) do
-        local entry = redis.call('HGET', 'cpo:pc', contact_id)
-        if entry then
-          local cause, ct_text = string.match(entry, '^(%d+) (%S+) ')
-          record = attribute(contact_id, cause, tonumber(ct_text), ct_text, order_id, record)
-          redis.call('HDEL', 'cpo:pc', contact_id)
-          redis.call('ZREM', 'cpo:pq', contact_id)
+      local fine, coarse = buckets(t)
+      add(fine, coarse, 'o')
+      for a = 1, n_attrs do add(fine, coarse, order_field[pairs_[a]]) end
+      if waiting[k] == 1 then
+        local waiting_key = 'cpo:po:' .. order_id
+        for _, contact_id in ipairs(redis.call('SMEMBERS', waiting_key)) do
+          local entry = redis.call('HGET', 'cpo:pc', contact_id)
+          if entry then
+            local cause, ct_text = string.match(entry, '^(%d+) (%S+) ')
+            record = attribute(contact_id, cause, tonumber(ct_text), ct_text, order_id, record)
+            redis.call('HDEL', 'cpo:pc', contact_id)
+            redis.call('ZREM', 'cpo:pq', contact_id)
+          end
         end
+        redis.call('DEL', waiting_key)
+        redis.call('SREM', 'cpo:pending_orders', order_id)
       end
-      if #waiting > 0 then redis.call('DEL', waiting_key) end
     else
-      count('do', 1)
+      duplicates['do'] = (duplicates['do'] or 0) + 1
     end
   end
 
-  local n_contacts = tonumber(ARGV[i]); i = i + 1
+  local n_contacts = tonumber(A[i]); i = i + 1
   for _ = 1, n_contacts do
-    local contact_id, t_text, cause_name, order_id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local contact_id, t_text, cause_name, order_id = A[i], A[i + 1], A[i + 2], A[i + 3]
     local t = tonumber(t_text)
     i = i + 4
     if redis.call('SET', 'cpo:c:' .. contact_id, '1', 'NX', 'EX', contact_ttl) then
@@ -187,7 +239,8 @@ local function apply_batch()
       if cause_name ~= 'other' and cause_name ~= 'all' then
         cause = registry_id('cpo:reg:cause', cause_name, max_causes)
       end
-      add(t, 'c:' .. cause, 1)
+      local fine, coarse = buckets(t)
+      add(fine, coarse, field('c:', cause, ''))
       if order_id == '' then
         unattribute(contact_id, cause, t, t_text, 'n')
       else
@@ -198,25 +251,30 @@ local function apply_batch()
           redis.call('ZADD', 'cpo:pq', now + grace, contact_id)
           redis.call('HSET', 'cpo:pc', contact_id, cause .. ' ' .. t_text .. ' ' .. order_id)
           redis.call('SADD', 'cpo:po:' .. order_id, contact_id)
+          redis.call('SADD', 'cpo:pending_orders', order_id)
           pending = pending + 1
         end
       end
     else
-      count('dc', 1)
+      duplicates['dc'] = (duplicates['dc'] or 0) + 1
     end
   end
 end
 
 -- Contacts whose join grace has passed are counted as unattributed (order_not_found).
 local function expire_pending()
-  local limit = tonumber(ARGV[7])
+  local limit = tonumber(ARGV[8])
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
   for _, contact_id in ipairs(due) do
     local entry = redis.call('HGET', 'cpo:pc', contact_id)
     if entry then
       local cause, ct_text, order_id = string.match(entry, '^(%d+) (%S+) (.*)$')
       unattribute(contact_id, cause, tonumber(ct_text), ct_text, 'f')
-      redis.call('SREM', 'cpo:po:' .. order_id, contact_id)
+      local waiting_key = 'cpo:po:' .. order_id
+      redis.call('SREM', waiting_key, contact_id)
+      if redis.call('SCARD', waiting_key) == 0 then
+        redis.call('SREM', 'cpo:pending_orders', order_id)
+      end
       redis.call('HDEL', 'cpo:pc', contact_id)
     end
     redis.call('ZREM', 'cpo:pq', contact_id)
@@ -231,16 +289,30 @@ else
   return redis.error_reply('unknown mode ' .. tostring(mode))
 end
 
-for key, fields in pairs(increments) do
-  for field, n in pairs(fields) do
-    redis.call('HINCRBY', key, field, n)
+-- Every count is in exactly one coarse bucket, so their sum is the call's total.
+local totals = duplicates
+local function flush(tables, res, ttl, sum)
+  for start, fields in pairs(tables) do
+    local key = 'cpo:b:' .. res .. ':' .. string.format('%d', start)
+    for name, n in pairs(fields) do
+      redis.call('HINCRBY', key, name, n)
+      if sum then totals[name] = (totals[name] or 0) + n end
+    end
+    redis.call('EXPIRE', key, ttl)
   end
-  redis.call('EXPIRE', key, bucket_ttl[key])
+end
+flush(fine_buckets, fine_res, fine_ttl, false)
+flush(coarse_buckets, coarse_res, coarse_ttl, true)
+
+local outbox_id = ''
+if #attributed > 0 or #unattributed > 0 then
+  outbox_id = redis.call('XADD', 'cpo:outbox', '*', 'a', cjson.encode(attributed),
+                         'u', cjson.encode(unattributed))
 end
 
 local flat_totals = {}
-for field, n in pairs(totals) do
-  flat_totals[#flat_totals + 1] = field
+for name, n in pairs(totals) do
+  flat_totals[#flat_totals + 1] = name
   flat_totals[#flat_totals + 1] = tostring(n)
 end
-return { flat_totals, attributed, unattributed, pending }
+return { flat_totals, attributed, unattributed, pending, outbox_id }

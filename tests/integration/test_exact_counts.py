@@ -54,11 +54,11 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
             child.wait_ready()
 
         # Phase 1: orders, produced over a few seconds; one worker is killed mid-stream.
-        producer = threading.Thread(target=produce, args=(settings, data.orders_phase, 0.1))
+        producer = threading.Thread(target=produce, args=(settings, data.orders_phase, 0.5))
         producer.start()
         if kill_mid_stream:
             wait_until(lambda: count_keys(client, "cpo:o:*") > distinct_orders // 4, 60,
-                       "a quarter of the orders in Redis")
+                       "a quarter of the orders in Redis", interval=0.1)
             workers[0].kill()
             assert count_keys(client, "cpo:o:*") < distinct_orders  # the kill was mid-stream
             time.sleep(1)
