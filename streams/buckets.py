@@ -56,6 +56,12 @@ def fine_horizon(window_seconds: list[float]) -> int:
     return int(max(fine_windows) + FINE_HORIZON_MARGIN_SECONDS) if fine_windows else 0
 
 
+def pair_ttl(window_seconds: list[float]) -> int:
+    """Pair counts serve the root-cause drill-down over the current window and the recent
+    ones before it: kept for twice the longest window and an hour."""
+    return int(2 * max(window_seconds) + 3600)
+
+
 def bucket_ttls(window_seconds: list[float]) -> tuple[int, int]:
     """(fine, coarse) Redis TTLs: long enough for every window that reads them."""
     fine_windows = [w for w in window_seconds if w < 3600] or [0]

@@ -100,6 +100,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
 def _text(text: str) -> str:
     return text
 
@@ -152,10 +161,12 @@ SETTINGS: dict[str, Setting] = {
                                "how long an order's attributes and identity are kept for the join"),
     "contact_retention": Setting("CPO_CONTACT_RETENTION", "7d", parse_duration,
                                  "how long a contact identity is kept for deduplication"),
+    "rca_pairs": Setting("CPO_RCA_PAIRS", "on", _switch,
+                         "count pairs of attribute values for root-cause drill-down"),
     "batch_size": Setting("CPO_BATCH_SIZE", "2000", _positive_int,
                           "records a worker processes per batch (one Redis round trip each)"),
-    "batch_timeout": Setting("CPO_BATCH_TIMEOUT", "200ms", parse_duration,
-                             "longest a partial batch waits before it is processed"),
+    "data_dir": Setting("CPO_DATA_DIR", "/tmp/cpo-data", _text,
+                        "Faust's working folder (holds nothing the pipeline needs to keep)"),
     "group_id": Setting("CPO_GROUP_ID", "cpo", _topic,
                         "Kafka consumer group and Faust application id"),
     "log_level": Setting("CPO_LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -197,8 +208,9 @@ class Settings:
     max_values: int
     order_retention: float
     contact_retention: float
+    rca_pairs: bool
     batch_size: int
-    batch_timeout: float
+    data_dir: str
     group_id: str
     log_level: str
     kafka_security_protocol: str

@@ -16,7 +16,7 @@ from typing import Iterable
 import orjson
 import redis.asyncio as aioredis
 
-from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon
+from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon, pair_ttl
 from streams.events import ContactEvent, OrderEvent
 from streams.settings import Settings
 
@@ -101,7 +101,8 @@ class RedisState:
         windows = list(settings.window_seconds().values())
         fine_ttl, coarse_ttl = bucket_ttls(windows)
         self._common = [str(FINE_SECONDS), str(COARSE_SECONDS), str(fine_ttl), str(coarse_ttl),
-                        str(fine_horizon(windows))]
+                        str(fine_horizon(windows)),
+                        str(pair_ttl(windows) if settings.rca_pairs else 0)]
         self._batch_head = [
             str(int(settings.join_grace)),
             str(int(settings.order_retention)),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from typing import Any
 
 import faust
@@ -26,13 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.kafka import faust_broker_settings
 from streams.metrics import WorkerMetrics
-from streams.processor import BatchProcessor
+from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor
 from streams.settings import Settings, load_settings
 from streams.state import RedisState, connect
 
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
 GAUGE_INTERVAL_SECONDS = 5.0
+PROBE_INTERVAL_SECONDS = 2.0
 OUTBOX_SWEEP_SECONDS = 10.0
 # A live worker acknowledges its outbox entries within one batch; older ones are orphans.
 OUTBOX_ORPHAN_SECONDS = 60.0
@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> PipelineApp:
         web_bind=settings.bind_address,
         web_host=settings.bind_address,
         store="memory://",
+        datadir=settings.data_dir,
         table_cleanup_interval=3600.0,
     )
     metrics = WorkerMetrics()
@@ -136,14 +137,28 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
         """Output records whose worker died between Redis and Kafka are produced again."""
         await processor.produce_orphans(older_than=OUTBOX_ORPHAN_SECONDS)
 
+    async def kafka_metadata() -> None:
+        producer = app.producer._producer  # its aiokafka producer; Faust has no public handle
+        if producer is not None:
+            await producer.client.fetch_all_metadata()
+
+    @app.timer(PROBE_INTERVAL_SECONDS)
+    async def probe_dependencies() -> None:
+        """Readiness follows Redis and Kafka even while no batch runs: one PING, one Metadata."""
+        await processor.probe("redis", processor.state.client.ping)
+        await processor.probe("kafka", kafka_metadata)
+        processor.metrics.ready.set(1 if processor.health.ready else 0)
+
     @app.timer(GAUGE_INTERVAL_SECONDS)
     async def refresh_gauges() -> None:
         metrics = processor.metrics
         try:
-            metrics.pending_contacts.set(await processor.state.pending_count())
-            processor.health.redis_fault = None
-        except Exception as exc:  # readiness reports it; the batch path retries on its own
-            processor.health.redis_fault = f"redis ping: {type(exc).__name__}: {exc}"
+            pending = await asyncio.wait_for(processor.state.pending_count(),
+                                             PROBE_TIMEOUT_SECONDS)
+        except (*REDIS_TRANSIENT, TimeoutError):
+            pass  # the probe reports the fault; the gauge keeps its last value meanwhile
+        else:
+            metrics.pending_contacts.set(pending)
         consumer = app.consumer
         for tp in consumer.assignment():
             committed = consumer._committed_offset.get(tp)
@@ -154,7 +169,6 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
             if highwater is not None:
                 lag = max(0, highwater - (committed or 0))
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-        metrics.ready.set(1 if processor.health.ready else 0)
 
 
 def _add_pages(app: PipelineApp, metrics: WorkerMetrics) -> None:
@@ -174,7 +188,7 @@ def _add_pages(app: PipelineApp, metrics: WorkerMetrics) -> None:
         health = processor.health
         if health.ready:
             return web.text("ready\n")
-        reasons = "\n".join(r for r in (health.redis_fault, health.kafka_fault) if r)
+        reasons = "\n".join(r for r in (health.fault("redis"), health.fault("kafka")) if r)
         return web.text(f"not ready\n{reasons}\n", status=503)
 
 
@@ -187,7 +201,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"metrics_port": str(args.metrics_port)} if args.metrics_port else {}
     settings = load_settings(**overrides)
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
-                          workdir=os.environ.get("CPO_WORKDIR") or None)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -17,13 +17,16 @@
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
+--   pb:<res>:<start> hash    pairs of attribute values (coarse only): p:<d>:<v>:<d>:<v>,
+--                            q:<c>:<d>:<v>:<d>:<v>
 --   outbox           stream  one entry per call holding its output records (JSON), until
 --                            Kafka has them: the worker deletes the entry after the produce
 --                            is acknowledged; entries left by a crashed worker are produced
 --                            again by any worker
 --
 -- ARGV: mode ("batch" | "expire"), now, fine res, coarse res, fine ttl, coarse ttl,
---   fine horizon (seconds before now beyond which fine buckets are not written), then
+--   fine horizon (seconds before now beyond which fine buckets are not written),
+--   pair ttl (0: pairs off), then
 --   batch:  grace, order ttl, contact ttl, max causes, max values, n dims, dim names...,
 --           events as one JSON array (see apply_batch)
 --   expire: limit
@@ -42,7 +45,9 @@ local fine_res, coarse_res = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fine_ttl, coarse_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 
 local fine_horizon = tonumber(ARGV[7])  -- older events are never read from fine buckets
+local pair_ttl = tonumber(ARGV[8])  -- 0: attribute-value pairs are not counted
 local fine_buckets, coarse_buckets = {}, {}  -- bucket start -> field -> count
+local pair_buckets = {}  -- coarse bucket start -> pair field -> count
 local discard = {}  -- the fine table of events older than the fine horizon: never written
 local duplicates = {}
 local attributed = {}
@@ -70,6 +75,40 @@ local function buckets(t)
   return fine, coarse
 end
 
+-- Counts per pair of attribute values (root-cause drill-down), in coarse buckets of their own:
+-- 'p:<d>:<v>:<d>:<v>' for orders, 'q:<cause>:<d>:<v>:<d>:<v>' for joined contacts.
+local pair_field_cache = {}
+local function add_pairs(t, prefix, pairs_)
+  local coarse_start = floor(t / coarse_res) * coarse_res
+  local counts = pair_buckets[coarse_start]
+  if not counts then
+    counts = {}
+    pair_buckets[coarse_start] = counts
+  end
+  local cache = pair_field_cache[prefix]
+  if not cache then
+    cache = {}
+    pair_field_cache[prefix] = cache
+  end
+  local n = #pairs_
+  for a = 1, n - 1 do
+    local first = pairs_[a]
+    local by_first = cache[first]
+    if not by_first then
+      by_first = {}
+      cache[first] = by_first
+    end
+    for b = a + 1, n do
+      local name = by_first[pairs_[b]]
+      if not name then
+        name = prefix .. first .. ':' .. pairs_[b]
+        by_first[pairs_[b]] = name
+      end
+      counts[name] = (counts[name] or 0) + 1
+    end
+  end
+end
+
 local function add(fine, coarse, field)
   fine[field] = (fine[field] or 0) + 1
   coarse[field] = (coarse[field] or 0) + 1
@@ -95,9 +134,12 @@ end
 local function attribute(contact_id, cause, t, t_text, order_id, record)
   local fine, coarse = buckets(t)
   local order_time, attrs = string.match(record, '^.(%-?%d+),?(.*)$')
+  local pairs_ = {}
   for pair in string.gmatch(attrs, '[^,]+') do
     add(fine, coarse, field('a:', cause, ':' .. pair))
+    pairs_[#pairs_ + 1] = pair
   end
+  if pair_ttl > 0 then add_pairs(t, 'q:' .. cause .. ':', pairs_) end
   if string.sub(record, 1, 1) == '0' then
     record = '1' .. string.sub(record, 2)
     redis.call('SET', 'cpo:o:' .. order_id, record, 'KEEPTTL')
@@ -150,17 +192,17 @@ local function registry_id(key, name, max)
 end
 
 local function apply_batch()
-  local grace = tonumber(ARGV[8])
-  local order_ttl, contact_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local max_causes, max_values = tonumber(ARGV[11]), tonumber(ARGV[12])
-  local n_dims = tonumber(ARGV[13])
+  local grace = tonumber(ARGV[9])
+  local order_ttl, contact_ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local max_causes, max_values = tonumber(ARGV[12]), tonumber(ARGV[13])
+  local n_dims = tonumber(ARGV[14])
   local dim_ids = {}
   for d = 1, n_dims do
-    dim_ids[d] = registry_id('cpo:reg:dim', ARGV[13 + d], 1e9)
+    dim_ids[d] = registry_id('cpo:reg:dim', ARGV[14 + d], 1e9)
   end
   -- The events, as one JSON array: n orders, (order_id, time, n attrs, (dim index, value)...)...,
   -- n contacts, (contact_id, time text, cause, order_id or "")...
-  local A = cjson.decode(ARGV[14 + n_dims])
+  local A = cjson.decode(ARGV[15 + n_dims])
   local i = 1
 
   -- (dimension index, value) -> 'd:v' with registry ids, and 'd:v' -> 'o:d:v', built once.
@@ -210,6 +252,7 @@ local function apply_batch()
       local fine, coarse = buckets(t)
       add(fine, coarse, 'o')
       for a = 1, n_attrs do add(fine, coarse, order_field[pairs_[a]]) end
+      if pair_ttl > 0 then add_pairs(t, 'p:', pairs_) end
       if waiting[k] == 1 then
         local waiting_key = 'cpo:po:' .. order_id
         for _, contact_id in ipairs(redis.call('SMEMBERS', waiting_key)) do
@@ -263,7 +306,7 @@ end
 
 -- Contacts whose join grace has passed are counted as unattributed (order_not_found).
 local function expire_pending()
-  local limit = tonumber(ARGV[8])
+  local limit = tonumber(ARGV[9])
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
   for _, contact_id in ipairs(due) do
     local entry = redis.call('HGET', 'cpo:pc', contact_id)
@@ -303,6 +346,11 @@ local function flush(tables, res, ttl, sum)
 end
 flush(fine_buckets, fine_res, fine_ttl, false)
 flush(coarse_buckets, coarse_res, coarse_ttl, true)
+for start, fields in pairs(pair_buckets) do
+  local key = 'cpo:pb:' .. coarse_res .. ':' .. string.format('%d', start)
+  for name, n in pairs(fields) do redis.call('HINCRBY', key, name, n) end
+  redis.call('EXPIRE', key, pair_ttl)
+end
 
 local outbox_id = ''
 if #attributed > 0 or #unattributed > 0 then
