@@ -7,6 +7,9 @@ Label values come from the bounded registries (`other` folding); no customer id 
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from typing import Any, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import ProcessCollector, PlatformCollector, GCCollector
 
@@ -65,31 +68,71 @@ class WorkerMetrics:
         self.ready = Gauge("cpo_worker_ready", "1 when Kafka and Redis are reachable",
                            registry=registry)
 
+        # Redis field name -> the counter child it increments (a field's labels never change:
+        # registry ids are permanent), so a batch costs one dict lookup per field.
+        self._children: dict[str, Any] = {}
+
+    def _child(self, name: str, labels: Labels, topics: tuple[str, str]) -> Any:
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = self._resolve(name, labels, topics)
+        return child
+
+    def _resolve(self, name: str, labels: Labels, topics: tuple[str, str]) -> Any:
+        kind, _, rest = name.partition(":")
+        ids = [int(x) for x in rest.split(":")] if rest and kind in ("o", "c", "a") else []
+        if kind == "o" and ids:
+            return self.orders_by_attribute.labels(labels.dimensions[ids[0]],
+                                                   labels.value(ids[0], ids[1]))
+        if kind == "o":
+            return self.orders
+        if kind == "c":
+            return self.contacts.labels(labels.cause(ids[0]))
+        if kind == "a":
+            return self.contacts_attributed.labels(
+                labels.cause(ids[0]), labels.dimensions[ids[1]], labels.value(ids[1], ids[2]))
+        if kind == "oc":
+            return self.orders_contacted
+        if kind in ("do", "dc"):
+            return self.duplicates.labels(topics[0] if kind == "do" else topics[1])
+        return None  # unattributed counts come with their reasons, below
+
     def count(self, result: BatchResult, labels: Labels, topics: tuple[str, str]) -> None:
         """Add what one Redis call counted. `topics` is (orders topic, contacts topic)."""
         for name, n in result.totals.items():
-            kind, _, rest = name.partition(":")
-            if kind == "o":
-                if rest:
-                    dim, value = (int(x) for x in rest.split(":"))
-                    self.orders_by_attribute.labels(
-                        labels.dimensions[dim], labels.value(dim, value)).inc(n)
-                else:
-                    self.orders.inc(n)
-            elif kind == "c":
-                self.contacts.labels(labels.cause(int(rest))).inc(n)
-            elif kind == "a":
-                cause, dim, value = (int(x) for x in rest.split(":"))
-                self.contacts_attributed.labels(
-                    labels.cause(cause), labels.dimensions[dim], labels.value(dim, value)).inc(n)
-            elif kind == "oc":
-                self.orders_contacted.inc(n)
-            elif kind == "do":
-                self.duplicates.labels(topics[0]).inc(n)
-            elif kind == "dc":
-                self.duplicates.labels(topics[1]).inc(n)
+            child = self._child(name, labels, topics)
+            if child is not None:
+                child.inc(n)
         for contact in result.unattributed:
             self.contacts_unattributed.labels(labels.cause(contact.cause_id), contact.reason).inc()
+        delays: dict[int, list[float]] = {}
         for contact in result.attributed:
-            self.contact_delay.labels(labels.cause(contact.cause_id)).observe(
+            delays.setdefault(contact.cause_id, []).append(
                 max(0.0, contact.contact_time - contact.order_time))
+        for cause_id, values in delays.items():
+            observe_many(self.contact_delay.labels(labels.cause(cause_id)), values)
+
+    def observe_lag(self, topics: tuple[str, str], orders: Sequence, contacts: Sequence,
+                    now: float) -> None:
+        """cpo_event_lag_seconds for a batch's events, one histogram update per bucket."""
+        for topic, events in zip(topics, (orders, contacts)):
+            if events:
+                observe_many(self.event_lag.labels(topic),
+                             [max(0.0, now - event.occurred_at) for event in events])
+
+
+def observe_many(histogram: Any, values: list[float]) -> None:
+    """`histogram.observe(v)` for every value, as one increment per bucket.
+
+    prometheus_client has no bulk observe; per-value calls take a lock each and cost more than
+    the rest of the per-record work. This writes the same bucket counts and sum through the
+    child's value objects (checked against `observe` in tests/unit/test_metrics.py).
+    """
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+    for index, n in enumerate(counts):
+        if n:
+            histogram._buckets[index].inc(n)
+    histogram._sum.inc(sum(values))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
@@ -31,6 +31,12 @@ Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[A
 REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                    redis.exceptions.BusyLoadingError, OSError)
 MAX_BACKOFF_SECONDS = 5.0
+# A health probe that gets no answer within this long marks its dependency as failing.
+PROBE_TIMEOUT_SECONDS = 2.0
+# The worker's producer sends requests of up to 16 MiB (worker.py). A rejected record larger
+# than this goes to the DLQ cut to this size, its original size in a header, instead of failing
+# its batch on every retry: a poison pill that would stop its partition for good.
+MAX_DLQ_RECORD_BYTES = 15 * 1024 * 1024
 
 
 class Record(Protocol):
@@ -42,14 +48,38 @@ class Record(Protocol):
 
 @dataclass
 class Health:
-    """What readiness reports: the last fault per dependency, or None."""
+    """What readiness reports: per dependency ("redis", "kafka"), the calls failing right now.
 
-    redis_fault: str | None = None
-    kafka_fault: str | None = None
+    A dependency's fault episode starts when one of its calls fails and ends when none is
+    failing any more. However many calls and retries it spans (a batch, a timer and the probe
+    all fail together when Redis stops), it is logged once at WARNING and once at INFO.
+    """
+
+    failing: dict[str, dict[object, str]] = field(
+        default_factory=lambda: {"redis": {}, "kafka": {}})
+    since: dict[str, float] = field(default_factory=dict)
+
+    def fail(self, dependency: str, call: object, reason: str) -> None:
+        failing = self.failing[dependency]
+        if not failing:
+            self.since[dependency] = time.monotonic()
+            log.warning("%s unavailable (%s); retrying with backoff, not ready until it recovers",
+                        dependency, reason)
+        failing[call] = reason
+
+    def recover(self, dependency: str, call: object) -> None:
+        failing = self.failing[dependency]
+        if failing.pop(call, None) is not None and not failing:
+            log.info("%s recovered after %.1fs", dependency,
+                     time.monotonic() - self.since[dependency])
+
+    def fault(self, dependency: str) -> str | None:
+        """The reason of one failing call of `dependency`, or None."""
+        return next(iter(self.failing[dependency].values()), None)
 
     @property
     def ready(self) -> bool:
-        return self.redis_fault is None and self.kafka_fault is None
+        return not any(self.failing.values())
 
 
 async def retry_forever(
@@ -57,33 +87,40 @@ async def retry_forever(
     *,
     what: str,
     transient: tuple[type[BaseException], ...],
-    on_fault: Callable[[str | None], None],
+    health: Health,
+    dependency: str,
     count_error: Callable[[], None],
 ) -> T:
-    """Run `operation` until it succeeds, backing off on transient errors.
+    """Run `operation` until it succeeds, backing off (0.1 s doubling to 5 s) on transient errors.
 
-    The first failure of an episode is logged once at WARNING, the recovery once at INFO;
-    `on_fault(reason)` / `on_fault(None)` let readiness follow the fault while it lasts.
+    While it fails, the call counts among the dependency's failing calls in `health`; it leaves
+    them when it succeeds or is abandoned (cancelled by a rebalance or a shutdown), so readiness
+    never stays stuck on a call that nobody retries any more.
     """
     delay = 0.1
-    failing_since: float | None = None
-    while True:
-        try:
-            result = await operation()
-        except transient as exc:
-            count_error()
-            if failing_since is None:
-                failing_since = time.monotonic()
-                log.warning("%s failed (%s: %s); retrying with backoff", what,
-                            type(exc).__name__, exc)
-                on_fault(f"{what}: {type(exc).__name__}: {exc}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-            continue
-        if failing_since is not None:
-            log.info("%s recovered after %.1fs", what, time.monotonic() - failing_since)
-            on_fault(None)
-        return result
+    call = object()
+    try:
+        while True:
+            try:
+                return await operation()
+            except transient as exc:
+                count_error()
+                health.fail(dependency, call, f"{what}: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+    finally:
+        health.recover(dependency, call)
+
+
+@dataclass
+class Prepared:
+    """A decoded batch waiting for its Redis call."""
+
+    now: float
+    started: float
+    orders: list[OrderEvent] = field(default_factory=list)
+    contacts: list[ContactEvent] = field(default_factory=list)
+    rejected: list[tuple[Record, Rejection]] = field(default_factory=list)
 
 
 def rfc3339(t: float) -> str:
@@ -109,30 +146,40 @@ class BatchProcessor:
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
 
-    def _set_redis_fault(self, reason: str | None) -> None:
-        self.health.redis_fault = reason
-
-    def _set_kafka_fault(self, reason: str | None) -> None:
-        self.health.kafka_fault = reason
-
     async def redis_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(
-            operation, what=f"redis {what}", transient=REDIS_TRANSIENT,
-            on_fault=self._set_redis_fault, count_error=self.metrics.redis_errors.inc)
+            operation, what=what, transient=REDIS_TRANSIENT, health=self.health,
+            dependency="redis", count_error=self.metrics.redis_errors.inc)
 
     async def kafka_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(
-            operation, what=f"kafka {what}", transient=self.kafka_transient,
-            on_fault=self._set_kafka_fault, count_error=self.metrics.kafka_errors.inc)
+            operation, what=what, transient=self.kafka_transient, health=self.health,
+            dependency="kafka", count_error=self.metrics.kafka_errors.inc)
 
-    async def process(self, records: Iterable[Record]) -> None:
-        """Decode, count and output one batch; returns once every effect is durable."""
-        started = time.perf_counter()
+    async def probe(self, dependency: str, check: Callable[[], Awaitable[Any]]) -> None:
+        """One health check, bounded by PROBE_TIMEOUT_SECONDS, so readiness follows a
+        dependency even while no batch runs (an idle or stalled fetch makes no call that could
+        fail) or a call is still waiting out its socket timeout."""
+        if dependency == "redis":
+            transient, count_error = REDIS_TRANSIENT, self.metrics.redis_errors.inc
+        else:
+            transient, count_error = self.kafka_transient, self.metrics.kafka_errors.inc
+        try:
+            await asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS)
+        except (*transient, TimeoutError) as exc:
+            count_error()
+            detail = str(exc) or f"no answer within {PROBE_TIMEOUT_SECONDS:g}s"
+            self.health.fail(dependency, "probe", f"probe: {type(exc).__name__}: {detail}")
+        else:
+            self.health.recover(dependency, "probe")
+
+    def prepare(self, records: Iterable[Record]) -> "Prepared":
+        """Decode one batch (CPU only): the worker does this for the next batch while the
+        previous batch's script runs in Redis."""
         now = time.time()
-        orders: list[OrderEvent] = []
-        contacts: list[ContactEvent] = []
-        rejected: list[tuple[Record, Rejection]] = []
-        orders_topic, contacts_topic = self.topics
+        prepared = Prepared(now=now, started=time.perf_counter())
+        orders, contacts, rejected = prepared.orders, prepared.contacts, prepared.rejected
+        orders_topic = self.topics[0]
         for record in records:
             if record.topic == orders_topic:
                 event = decode_order(record.value or b"", now)
@@ -144,11 +191,16 @@ class BatchProcessor:
                 rejected.append((record, event))
             else:
                 target.append(event)
-        self._observe_lag(orders, orders_topic, now)
-        self._observe_lag(contacts, contacts_topic, now)
+        return prepared
 
+    async def apply(self, prepared: "Prepared") -> None:
+        """Count one decoded batch in Redis and produce its outputs; returns once every effect
+        is durable, so the caller may commit the batch's offsets."""
+        orders, contacts, rejected, now = (prepared.orders, prepared.contacts, prepared.rejected,
+                                           prepared.now)
         result = await self.redis_call(
             lambda: self.state.apply_batch(orders, contacts, now), "apply batch")
+        self.metrics.observe_lag(self.topics, orders, contacts, now)
         await self.emit(result)
         for record, rejection in rejected:
             self.metrics.rejected.labels(record.topic, rejection.reason).inc()
@@ -156,7 +208,11 @@ class BatchProcessor:
             await self.kafka_call(lambda: self._send_rejections(rejected), "produce to DLQ")
         await self.kafka_call(self.flush, "flush producer")
         self.metrics.batches.inc()
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_seconds.observe(time.perf_counter() - prepared.started)
+
+    async def process(self, records: Iterable[Record]) -> None:
+        """Decode, count and output one batch."""
+        await self.apply(self.prepare(records))
 
     async def expire_pending(self) -> None:
         """Count contacts whose join grace has passed; any worker may run it at any time."""
@@ -226,11 +282,8 @@ class BatchProcessor:
             ]
             if rejection.event_id:
                 headers.append(("cpo-event-id", rejection.event_id.encode()))
-            await self.send(self.settings.topic_dlq, getattr(record, "key", None),
-                            record.value or b"", headers)
-
-    def _observe_lag(self, events: list, topic: str, now: float) -> None:
-        if events:
-            histogram = self.metrics.event_lag.labels(topic)
-            for event in events:
-                histogram.observe(max(0.0, now - event.occurred_at))
+            key, value = getattr(record, "key", None), record.value or b""
+            if len(key or b"") + len(value) > MAX_DLQ_RECORD_BYTES:
+                headers.append(("cpo-original-size", str(len(value)).encode()))
+                key, value = None, value[:MAX_DLQ_RECORD_BYTES]
+            await self.send(self.settings.topic_dlq, key, value, headers)

@@ -25,43 +25,60 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.kafka import faust_broker_settings
 from streams.metrics import WorkerMetrics
-from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor
+from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
 from streams.settings import Settings, load_settings
 from streams.state import RedisState, connect
 
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
 GAUGE_INTERVAL_SECONDS = 5.0
-PROBE_INTERVAL_SECONDS = 2.0
+PROBE_INTERVAL_SECONDS = 2.5  # > PROBE_TIMEOUT_SECONDS: a probe never overlaps the next
 OUTBOX_SWEEP_SECONDS = 10.0
 # A live worker acknowledges its outbox entries within one batch; older ones are orphans.
 OUTBOX_ORPHAN_SECONDS = 60.0
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with a drain loop that works per fetch, not per record."""
+    """Faust's aiokafka consumer with a drain loop that works per fetch, not per record.
+
+    Two batches overlap: while batch N's script runs in Redis (another process, another core),
+    batch N+1 is fetched and decoded. Batch N+1 reaches Redis only after batch N's effects and
+    offset commit are done, so order within a partition is kept.
+    """
 
     async def _drain_messages(self, fetcher: Any) -> None:
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
-        while not (self.should_stop or fetcher.should_stop):
-            records, active = await self._wait_next_records(1.0)
-            if not records or self.should_stop:
-                continue
-            batch = [
-                record
-                for tp, tp_records in records.items()
-                if active is None or tp in active
-                for record in tp_records
-            ]
-            if not batch:
-                continue
-            await processor.process(batch)
-            offsets: dict[TP, int] = {}
-            for record in batch:
-                offsets[TP(record.topic, record.partition)] = record.offset + 1
-            for tp, offset in offsets.items():
-                self._read_offset[tp] = offset - 1
-            await processor.kafka_call(lambda: self._commit_offsets(offsets), "commit offsets")
+        in_flight: asyncio.Future | None = None
+        try:
+            while not (self.should_stop or fetcher.should_stop):
+                records, active = await self._wait_next_records(1.0)
+                if not records or self.should_stop:
+                    continue
+                batch = [
+                    record
+                    for tp, tp_records in records.items()
+                    if active is None or tp in active
+                    for record in tp_records
+                ]
+                if not batch:
+                    continue
+                prepared = processor.prepare(batch)
+                offsets = {TP(r.topic, r.partition): r.offset + 1 for r in batch}
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(self._apply(processor, prepared, offsets))
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()  # stopping: the uncommitted batch is redelivered, idempotently
+
+    async def _apply(self, processor: BatchProcessor, prepared: Prepared,
+                     offsets: dict[TP, int]) -> None:
+        await processor.apply(prepared)
+        for tp, offset in offsets.items():
+            self._read_offset[tp] = offset - 1
+        await processor.kafka_call(lambda: self._commit_offsets(offsets), "commit offsets")
 
 
 class BatchTransport(faust_aiokafka.Transport):
@@ -145,8 +162,8 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
     @app.timer(PROBE_INTERVAL_SECONDS)
     async def probe_dependencies() -> None:
         """Readiness follows Redis and Kafka even while no batch runs: one PING, one Metadata."""
-        await processor.probe("redis", processor.state.client.ping)
-        await processor.probe("kafka", kafka_metadata)
+        await asyncio.gather(processor.probe("redis", processor.state.client.ping),
+                             processor.probe("kafka", kafka_metadata))
         processor.metrics.ready.set(1 if processor.health.ready else 0)
 
     @app.timer(GAUGE_INTERVAL_SECONDS)
