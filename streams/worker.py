@@ -177,15 +177,18 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
         else:
             metrics.pending_contacts.set(pending)
         consumer = app.consumer
-        for tp in consumer.assignment():
-            committed = consumer._committed_offset.get(tp)
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # not fetched yet
-                continue
-            if highwater is not None:
-                lag = max(0, highwater - (committed or 0))
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        assigned = [tp for tp in consumer.assignment() if tp.topic in processor.topics]
+        if not assigned:
+            return
+        try:  # one ListOffsets request for all assigned partitions
+            highwaters = await consumer.highwaters(*assigned)
+        except Exception as exc:  # the lag gauge waits for the next round; batches retry alone
+            log.debug("reading high watermarks failed: %s", exc)
+            return
+        for tp, highwater in highwaters.items():
+            committed = consumer._committed_offset.get(tp) or 0
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - committed))
 
 
 def _add_pages(app: PipelineApp, metrics: WorkerMetrics) -> None:
