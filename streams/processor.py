@@ -1,7 +1,7 @@
 """One batch of input records, end to end: decode, reject, count in Redis, output.
 
 The processor knows nothing of Faust: it takes records (anything with topic, partition, offset
-and value) and two callables to produce and flush. The worker feeds it whole fetches and
+and value) and a callable that produces records. The worker feeds it whole fetches and
 commits the offsets only after `process` returns, i.e. after Redis holds the batch's effects
 and the DLQ and output records are acknowledged. A crash anywhere before that redelivers the
 batch, and the Redis script's identities make the second pass count nothing twice.
@@ -21,13 +21,15 @@ import redis.exceptions
 
 from streams.events import ContactEvent, OrderEvent, Rejection, decode_contact, decode_order
 from streams.metrics import WorkerMetrics
+from streams.output import OutputRecord
 from streams.settings import Settings
 from streams.state import BatchResult, Labels, RedisState
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Send = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[Any]]
+# Produces records (key, value, headers) to a topic; returns once all are acknowledged.
+SendMany = Callable[[str, list[OutputRecord]], Awaitable[None]]
 REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                    redis.exceptions.BusyLoadingError, OSError)
 MAX_BACKOFF_SECONDS = 5.0
@@ -133,15 +135,13 @@ class BatchProcessor:
         settings: Settings,
         state: RedisState,
         metrics: WorkerMetrics,
-        send: Send,
-        flush: Callable[[], Awaitable[Any]],
+        send_many: SendMany,
         kafka_transient: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.settings = settings
         self.state = state
         self.metrics = metrics
-        self.send = send
-        self.flush = flush
+        self.send_many = send_many
         self.kafka_transient = kafka_transient
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
@@ -205,8 +205,9 @@ class BatchProcessor:
         for record, rejection in rejected:
             self.metrics.rejected.labels(record.topic, rejection.reason).inc()
         if rejected:
-            await self.kafka_call(lambda: self._send_rejections(rejected), "produce to DLQ")
-        await self.kafka_call(self.flush, "flush producer")
+            dlq_records = self._rejection_records(rejected)
+            await self.kafka_call(lambda: self.send_many(self.settings.topic_dlq, dlq_records),
+                                  "produce to DLQ")
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - prepared.started)
 
@@ -232,8 +233,9 @@ class BatchProcessor:
         ids = result.outbox_ids
         if not ids:
             return
-        await self.kafka_call(lambda: self._send_contacts(result, labels), "produce contacts")
-        await self.kafka_call(self.flush, "flush producer")
+        records = self._contact_records(result, labels)
+        await self.kafka_call(lambda: self.send_many(self.settings.topic_attributed, records),
+                              "produce contacts")
         await self.redis_call(lambda: self.state.outbox_done(ids), "outbox ack")
 
     async def produce_orphans(self, older_than: float) -> int:
@@ -247,8 +249,10 @@ class BatchProcessor:
             await self.produce_contacts(result, labels)
         return len(result.outbox_ids)
 
-    async def _send_contacts(self, result: BatchResult, labels: Labels) -> None:
-        topic = self.settings.topic_attributed
+    @staticmethod
+    def _contact_records(result: BatchResult, labels: Labels) -> list[OutputRecord]:
+        """One output record per counted contact, keyed by contact_id."""
+        records: list[OutputRecord] = []
         for contact in result.attributed:
             value = {
                 "contact_id": contact.contact_id,
@@ -261,7 +265,7 @@ class BatchProcessor:
                 "reason": None,
                 "attributes": {labels.dimensions[d]: labels.value(d, v) for d, v in contact.pairs},
             }
-            await self.send(topic, contact.contact_id.encode(), orjson.dumps(value), [])
+            records.append((contact.contact_id.encode(), orjson.dumps(value), []))
         for contact in result.unattributed:
             value = {
                 "contact_id": contact.contact_id,
@@ -270,9 +274,13 @@ class BatchProcessor:
                 "attributed": False,
                 "reason": contact.reason,
             }
-            await self.send(topic, contact.contact_id.encode(), orjson.dumps(value), [])
+            records.append((contact.contact_id.encode(), orjson.dumps(value), []))
+        return records
 
-    async def _send_rejections(self, rejected: list[tuple[Record, Rejection]]) -> None:
+    @staticmethod
+    def _rejection_records(rejected: list[tuple[Record, Rejection]]) -> list[OutputRecord]:
+        """The rejected records as they came, with the reason and origin in headers."""
+        records: list[OutputRecord] = []
         for record, rejection in rejected:
             headers = [
                 ("cpo-error-reason", rejection.reason.encode()),
@@ -286,4 +294,5 @@ class BatchProcessor:
             if len(key or b"") + len(value) > MAX_DLQ_RECORD_BYTES:
                 headers.append(("cpo-original-size", str(len(value)).encode()))
                 key, value = None, value[:MAX_DLQ_RECORD_BYTES]
-            await self.send(self.settings.topic_dlq, key, value, headers)
+            records.append((key, value, headers))
+        return records

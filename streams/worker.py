@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.kafka import faust_broker_settings
 from streams.metrics import WorkerMetrics
+from streams.output import BatchSender
 from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
 from streams.settings import Settings, load_settings
 from streams.state import RedisState, connect
@@ -125,13 +126,9 @@ def create_app(settings: Settings) -> PipelineApp:
     metrics = WorkerMetrics()
     state = RedisState(connect(settings), settings)
 
-    async def send(topic: str, key: bytes | None, value: bytes,
-                   headers: list[tuple[str, bytes]]) -> None:
-        await app.producer.send(topic, key, value, partition=None, timestamp=None,
-                                headers=headers)
-
+    sender = BatchSender(lambda: app.producer._ensure_producer())
     app.processor = BatchProcessor(
-        settings, state, metrics, send, lambda: app.producer.flush(),
+        settings, state, metrics, sender.send,
         kafka_transient=(KafkaError, KafkaPythonError, ConnectionError, asyncio.TimeoutError),
     )
     app.topics.add(app.topic(settings.topic_orders, settings.topic_contacts,
