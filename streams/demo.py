@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from http.client import HTTPException
 from pathlib import Path
@@ -179,10 +178,10 @@ def _worker_ports(settings, count: int, chosen: bool) -> list[int]:
 
 
 def _check_ports(ports: dict[int, str]) -> None:
-    from streams.local import _port_is_taken
+    from streams.local import port_is_taken
 
     for port, what in ports.items():
-        if _port_is_taken(port):
+        if port_is_taken(port):
             raise DemoError(f"port {port} ({what}) is in use: unset it to use a free port, or "
                             f"stop what listens there (ss -ltnp 'sport = :{port}')", 2)
 
@@ -191,23 +190,6 @@ def _one_line(message: str) -> str:
     """A multi-line failure (a server's log tail) as its first and last lines."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
-
-
-@contextmanager
-def _terminal_signals_blocked():
-    """Children started inside inherit SIGINT and SIGHUP blocked (a signal mask survives exec).
-
-    A terminal sends Ctrl-C to its whole foreground process group, which includes the embedded
-    servers: they would die before the workers that still talk to them, and the workers' clean
-    stop would then wait for their timeouts. With the signals blocked, the servers stop only
-    when the demo stops them, last. The demo itself gets a deferred signal when unblocked.
-    """
-    terminal = {signal.SIGINT, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _start_servers(servers: Servers) -> dict[str, str]:
@@ -221,15 +203,14 @@ def _start_servers(servers: Servers) -> dict[str, str]:
         raise DemoError(f"{exc} (or run make demo, which installs what is missing)", 2) from None
     found = {}
     try:
-        with _terminal_signals_blocked():
-            if kafka:
-                print("cpo demo: starting the embedded Kafka broker (Tansu) ...", flush=True)
-                servers.kafka = kafka.start()
-                found["kafka_bootstrap"] = kafka.bootstrap
-            if redis:
-                print("cpo demo: starting redis-server ...", flush=True)
-                servers.redis = redis.start()
-                found["redis_url"] = redis.url
+        if kafka:
+            print("cpo demo: starting the embedded Kafka broker (Tansu) ...", flush=True)
+            servers.kafka = kafka.start()
+            found["kafka_bootstrap"] = kafka.bootstrap
+        if redis:
+            print("cpo demo: starting redis-server ...", flush=True)
+            servers.redis = redis.start()
+            found["redis_url"] = redis.url
     except LocalInfraError as exc:
         raise DemoError(_one_line(str(exc)), 2) from None
     return found

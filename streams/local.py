@@ -39,7 +39,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _port_is_taken(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_taken(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR like the servers, so a port in TIME_WAIT after restart() is not "taken".
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,7 +97,7 @@ class _Server:
         if self._process is not None:
             return self
         self._stop_at_exit()  # again, in case stop() ran before
-        if _port_is_taken(self.port, self.host):
+        if port_is_taken(self.port, self.host):
             raise LocalInfraError(
                 f"{self.name}: port {self.host}:{self.port} is taken; choose another port"
             )
@@ -106,6 +106,7 @@ class _Server:
             self._process = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=self.workdir,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the owner, who stops us last
             )
         self._wait_ready(timeout)
         return self
