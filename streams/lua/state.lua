@@ -55,49 +55,35 @@ local unattributed = {}
 local pending = 0
 local floor = math.floor
 
+-- t[k], created empty on first use.
+local function table_at(t, k)
+  local v = t[k]
+  if not v then
+    v = {}
+    t[k] = v
+  end
+  return v
+end
+
 -- The fine and coarse count tables of event time t.
 local function buckets(t)
   local fine = discard
   if t >= now - fine_horizon then
-    local fine_start = floor(t / fine_res) * fine_res
-    fine = fine_buckets[fine_start]
-    if not fine then
-      fine = {}
-      fine_buckets[fine_start] = fine
-    end
+    fine = table_at(fine_buckets, floor(t / fine_res) * fine_res)
   end
-  local coarse_start = floor(t / coarse_res) * coarse_res
-  local coarse = coarse_buckets[coarse_start]
-  if not coarse then
-    coarse = {}
-    coarse_buckets[coarse_start] = coarse
-  end
-  return fine, coarse
+  return fine, table_at(coarse_buckets, floor(t / coarse_res) * coarse_res)
 end
 
 -- Counts per pair of attribute values (root-cause drill-down), in coarse buckets of their own:
 -- 'p:<d>:<v>:<d>:<v>' for orders, 'q:<cause>:<d>:<v>:<d>:<v>' for joined contacts.
 local pair_field_cache = {}
 local function add_pairs(t, prefix, pairs_)
-  local coarse_start = floor(t / coarse_res) * coarse_res
-  local counts = pair_buckets[coarse_start]
-  if not counts then
-    counts = {}
-    pair_buckets[coarse_start] = counts
-  end
-  local cache = pair_field_cache[prefix]
-  if not cache then
-    cache = {}
-    pair_field_cache[prefix] = cache
-  end
+  local counts = table_at(pair_buckets, floor(t / coarse_res) * coarse_res)
+  local cache = table_at(pair_field_cache, prefix)
   local n = #pairs_
   for a = 1, n - 1 do
     local first = pairs_[a]
-    local by_first = cache[first]
-    if not by_first then
-      by_first = {}
-      cache[first] = by_first
-    end
+    local by_first = table_at(cache, first)
     for b = a + 1, n do
       local name = by_first[pairs_[b]]
       if not name then
@@ -117,11 +103,7 @@ end
 -- Cached field names: 'a:<cause>:<d>:<v>' per cause and pair, 'c:<cause>', 'u:<cause>:<r>'.
 local field_cache = {}
 local function field(prefix, cause, suffix)
-  local by_cause = field_cache[prefix .. cause]
-  if not by_cause then
-    by_cause = {}
-    field_cache[prefix .. cause] = by_cause
-  end
+  local by_cause = table_at(field_cache, prefix .. cause)
   local name = by_cause[suffix]
   if not name then
     name = prefix .. cause .. suffix
@@ -168,11 +150,7 @@ end
 -- Bounded label registry: the first max-1 names get ids 1.., the rest fold into 0 ("other").
 local registry_cache = {}
 local function registry_id(key, name, max)
-  local cache = registry_cache[key]
-  if not cache then
-    cache = {}
-    registry_cache[key] = cache
-  end
+  local cache = table_at(registry_cache, key)
   local id = cache[name]
   if id then return id end
   id = redis.call('HGET', key, name)
@@ -208,11 +186,7 @@ local function apply_batch()
   -- (dimension index, value) -> 'd:v' with registry ids, and 'd:v' -> 'o:d:v', built once.
   local pair_cache, order_field = {}, {}
   local function pair_of(dim_index, value)
-    local by_value = pair_cache[dim_index]
-    if not by_value then
-      by_value = {}
-      pair_cache[dim_index] = by_value
-    end
+    local by_value = table_at(pair_cache, dim_index)
     local pair = by_value[value]
     if not pair then
       local dim = dim_ids[tonumber(dim_index)]

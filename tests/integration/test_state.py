@@ -1,0 +1,125 @@
+"""The Redis script on a real Redis: identities, the join and its grace, label folding, pair
+counts, the fine horizon and replays, each checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key, bucket_start
+from streams.events import ContactEvent, OrderEvent
+from streams.settings import Settings, load_settings
+from streams.state import RedisState, connect
+
+NOW = time.time()
+
+
+def order(order_id: str, t: float = NOW - 60, **attributes: str) -> OrderEvent:
+    return OrderEvent(order_id=order_id, occurred_at=t, attributes=attributes, event_id=None)
+
+
+def contact(contact_id: str, cause: str, order_id: str | None, t: float = NOW - 30) -> ContactEvent:
+    return ContactEvent(contact_id=contact_id, occurred_at=t, cause=cause, order_id=order_id,
+                        channel=None, event_id=None)
+
+
+@pytest.fixture
+def settings(redis_db_url: str) -> Settings:
+    return load_settings({"CPO_REDIS_URL": redis_db_url, "CPO_DIMENSIONS": "carrier,region",
+                          "CPO_MAX_CAUSES": "3", "CPO_MAX_VALUES": "3", "CPO_WINDOWS": "5m,1h"})
+
+
+def run(settings: Settings, *calls):
+    """Apply each (method, args) in turn with a fresh client; return the results."""
+    async def go():
+        state = RedisState(connect(settings), settings)
+        try:
+            return [await getattr(state, name)(*args) for name, *args in calls]
+        finally:
+            await state.client.aclose()
+    return asyncio.run(go())
+
+
+def bucket(settings: Settings, resolution: int, t: float) -> dict[str, int]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    fields = client.hgetall(bucket_key(resolution, bucket_start(t, resolution)))
+    return {name: int(n) for name, n in fields.items()}
+
+
+def test_a_replayed_batch_changes_nothing(settings: Settings) -> None:
+    orders = [order("o1", carrier="acme", region="eu"), order("o2", carrier="bolt")]
+    contacts = [contact("k1", "late_delivery", "o1"), contact("k2", "wismo", None)]
+    first, second = run(settings, ("apply_batch", orders, contacts, NOW),
+                        ("apply_batch", orders, contacts, NOW))
+    assert first.totals["o"] == 2 and first.totals["oc"] == 1
+    assert second.totals == {"do": 2, "dc": 2}
+    assert (second.attributed, second.unattributed, second.outbox_ids) == ([], [], [])
+    assert bucket(settings, COARSE_SECONDS, NOW - 60)["o"] == 2
+
+
+def test_causes_and_values_fold_into_other_beyond_the_bounds(settings: Settings) -> None:
+    # max 3 labels including "other": the first two names get ids, the rest fold into 0.
+    orders = [order(f"o{i}", carrier=c) for i, c in enumerate(["a", "b", "c", "d"])]
+    contacts = [contact(f"k{i}", cause, f"o{i}") for i, cause in
+                enumerate(["late", "wismo", "damaged", "all"])]
+    result, labels = run(settings, ("apply_batch", orders, contacts, NOW), ("labels",))
+    assert labels.causes == {1: "late", 2: "wismo"}
+    assert sorted(labels.values.values()) == ["a", "b"]
+    assert result.totals["c:1"] == 1 and result.totals["c:2"] == 1
+    assert result.totals["c:0"] == 2  # "damaged" beyond the bound, "all" reserved
+    assert result.totals["o:1:0"] == 2  # carriers c and d
+
+
+def test_a_contact_waits_for_its_order_then_expires_after_the_grace(settings: Settings) -> None:
+    early = [contact("k1", "late", "o-late"), contact("k2", "late", "o-never")]
+    parked, joined, too_early, expired = run(
+        settings,
+        ("apply_batch", [], early, NOW),
+        ("apply_batch", [order("o-late", carrier="acme")], [], NOW + 1),
+        ("expire_pending", NOW + settings.join_grace - 1),
+        ("expire_pending", NOW + settings.join_grace + 1),
+    )
+    assert parked.pending == 2 and parked.attributed == []
+    assert [a.contact_id for a in joined.attributed] == ["k1"]
+    assert joined.totals["oc"] == 1
+    assert too_early.unattributed == []
+    assert [(u.contact_id, u.reason) for u in expired.unattributed] == [("k2", "order_not_found")]
+    # counted at the contact's event time; a quarter hour later that is past the fine horizon
+    assert bucket(settings, COARSE_SECONDS, NOW - 30)["u:1:f"] == 1
+    assert "u:1:f" not in bucket(settings, FINE_SECONDS, NOW - 30)
+
+
+def test_pairs_of_values_are_counted_for_orders_and_joined_contacts(settings: Settings) -> None:
+    run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")],
+                   [contact("k1", "late", "o1")], NOW))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    start = bucket_start(NOW - 60, COARSE_SECONDS)
+    pairs = client.hgetall(f"cpo:pb:{COARSE_SECONDS}:{start}")
+    # carrier is dimension 1, region 2; acme and eu are value 1 of each.
+    assert pairs == {"p:1:1:2:1": "1", "q:1:1:1:2:1": "1"}
+
+
+def test_events_older_than_the_fine_horizon_skip_the_fine_buckets(settings: Settings) -> None:
+    old = NOW - 3600  # 5m is the only short window: the horizon is 7 minutes
+    run(settings, ("apply_batch", [order("o1", old), order("o2")], [], NOW))
+    assert bucket(settings, FINE_SECONDS, old) == {}
+    assert bucket(settings, COARSE_SECONDS, old)["o"] == 1
+    assert bucket(settings, FINE_SECONDS, NOW - 60)["o"] == 1
+
+
+def test_the_outbox_holds_output_until_acknowledged(settings: Settings) -> None:
+    result, orphans_now, _, orphans_after = run(
+        settings,
+        ("apply_batch", [order("o1", carrier="acme")], [contact("k1", "late", "o1")], NOW),
+        ("outbox_orphans", -60.0),  # everything counts as orphaned when older than -60 s
+        ("outbox_done", []),
+        ("outbox_orphans", -60.0),
+    )
+    assert [a.contact_id for a in orphans_now.attributed] == ["k1"]
+    assert orphans_now.outbox_ids == result.outbox_ids
+    run(settings, ("outbox_done", result.outbox_ids))
+    (left,) = run(settings, ("outbox_orphans", -60.0))
+    assert left.outbox_ids == [] and orphans_after.outbox_ids == result.outbox_ids
