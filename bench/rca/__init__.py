@@ -1,0 +1,1 @@
+"""Evaluation of the root-cause analysis on simulated incidents: `python -m bench.rca`."""

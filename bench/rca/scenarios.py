@@ -1,0 +1,267 @@
+"""Incidents for the root-cause evaluation, generated with the simulator, and how each is scored.
+
+A *world* is a seeded simulation with a realistic heterogeneity: two permanent rate
+differences (e.g. region=uk always has 1.8x late_delivery), present in every window. Its
+baseline is counted once: four windows back to back before the current one and the same window
+a week earlier, as the exporter reads them. Each scenario generates the current window of its
+world with its own seed and incidents, counts it (bench/rca/counting.py), builds `Inputs` like
+the exporter does and analyses it with the exporter's own functions (streams/rca_inputs.py).
+
+Kinds, and what a correct answer is:
+- single: one attribute value gets x times the contacts of one cause. Top-1: the first defect
+  is that value; top-3: it is among the first three.
+- pair: orders with two values (carrier=acme and warehouse=wh-03) get x times. The pair must be
+  named, not one of its values.
+- two: two single-value incidents of the same cause at once. Top-1: the first defect is one of
+  them; top-3: both are among the first three.
+- mix: the share of orders of a value whose rate is permanently higher grows (a mix shift): the
+  cause's overall rate rises, no value's own rate does. Correct: no defect in that cause or
+  in `all`.
+- noise: no incident, a tenth of the traffic. Correct: no defect in any cause.
+The incident kinds are analysed for their cause (what the spike alert and `cpo explain` ask);
+mix and noise for every cause and `all`, whether its rate rose or not: stricter than the
+exporter's loop, which analyses only the causes whose rate rose (z >= RISE_Z).
+
+Incident sizes are drawn at random within what a 5-sigma test can see in one window: a value
+(or pair) with at least MIN_SHARE of the orders, a multiplier in MULTIPLIER, and at least
+MIN_EXCESS expected extra contacts in the window (for two incidents: each outside the other's
+segment); smaller incidents are redrawn.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from bench.rca.counting import Tally
+from streams.incidents import Incident
+from streams.population import CAUSES, Population
+from streams.rca import Snapshot, explain, format_explanation
+from streams.rca_inputs import (
+    RECENT_WINDOWS,
+    Counts,
+    Inputs,
+    baseline_snapshot,
+    current_snapshot,
+)
+from streams.simulate import SimConfig, generate
+from streams.windows import ALL
+
+DIMENSIONS = ("carrier", "warehouse", "category", "seller", "region")  # CPO_DIMENSIONS' default
+MAX_VALUES = 50  # CPO_MAX_VALUES' default
+WINDOW = 900.0  # seconds of event time per window
+RATE = 8.0  # orders per second: about 7,200 orders per window
+NOISE_RATE = RATE / 10
+PREROLL = 60.0  # generated before a window, so it holds the contacts of earlier orders too
+TIME_SCALE = 86400.0  # contact delays of days become seconds: contacts follow their orders
+T0 = 1_790_000_000.0  # start of every current window (event time)
+WEEK = 7 * 86400.0
+MIN_SHARE = 0.01
+MIN_EXCESS = 30.0
+MULTIPLIER = (3.0, 8.0)
+BACKGROUND_MULTIPLIER = (1.5, 2.5)
+KINDS = ("single", "pair", "two", "mix", "noise")
+PER_WORLD = {"single": 8, "pair": 8, "two": 4, "mix": 5, "noise": 3}
+CPO = {cause.name: cause.cpo for cause in CAUSES}
+
+Truth = frozenset  # of (dimension, value) items: one segment
+
+
+@dataclass
+class World:
+    index: int
+    background: tuple[Incident, ...]
+    tally: Tally
+    recent: tuple[Counts, ...]  # latest first
+    week_ago: Counts
+    baselines: dict[str, Snapshot] = field(default_factory=dict)  # cause -> its baseline
+
+    def baseline(self, inputs: Inputs, cause: str) -> Snapshot:
+        """`baseline_snapshot` of the world's windows, computed once per cause."""
+        if cause not in self.baselines:
+            self.baselines[cause] = baseline_snapshot(inputs, cause)
+        return self.baselines[cause]
+
+
+@dataclass
+class Scenario:
+    kind: str
+    world: int
+    seed: int
+    incidents: tuple[Incident, ...]
+    truth: tuple[Truth, ...]  # segments a correct answer names (empty: none)
+    cause: str | None  # the cause analysed for incident kinds; None: every rising cause
+    rate: float = RATE
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    defects: dict[str, list[Truth]] = field(default_factory=dict)  # cause -> defects in order
+    summaries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ranked(self) -> list[Truth]:
+        return self.defects.get(self.scenario.cause or "", [])
+
+    @property
+    def top1(self) -> bool:
+        return bool(self.ranked) and self.ranked[0] in self.scenario.truth
+
+    @property
+    def top3(self) -> bool:
+        return set(self.scenario.truth) <= set(self.ranked[:3])
+
+    @property
+    def clean(self) -> bool:
+        """No defect reported in any cause analysed."""
+        return not any(self.defects.values())
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """(true positives, false positives, false negatives) over every cause analysed."""
+        truth = set(self.scenario.truth)
+        reported = [key for keys in self.defects.values() for key in keys]
+        tp = len(truth & set(reported))
+        return tp, len(reported) - tp, len(truth) - tp
+
+    def to_json(self) -> dict:
+        s = self.scenario
+        return {
+            "kind": s.kind, "world": s.world, "seed": s.seed, "rate": s.rate,
+            "cause": s.cause,
+            "incidents": [i.describe() for i in s.incidents],
+            "truth": [_label(t) for t in s.truth],
+            "defects": {cause: [_label(k) for k in keys] for cause, keys in self.defects.items()},
+            "summaries": self.summaries,
+            "top1": self.top1, "top3": self.top3, "clean": self.clean,
+        }
+
+
+def _label(segment: Truth) -> str:
+    return ", ".join(f"{d}={v}" for d, v in sorted(segment))
+
+
+def _config(seed: int, incidents: tuple[Incident, ...], rate: float = RATE) -> SimConfig:
+    return SimConfig(rate=rate, seed=seed, time_scale=TIME_SCALE, diurnal_amplitude=0.0,
+                     incidents=incidents)
+
+
+def _count(tally: Tally, config: SimConfig, start: float, windows: int) -> list[Counts]:
+    events = generate(config, start - PREROLL, windows * WINDOW + PREROLL)
+    return [Counts(c, p) for c, p in tally.count(events, start, WINDOW, windows)]
+
+
+class Draw:
+    """Random incidents within the visible range (see the module docstring)."""
+
+    def __init__(self, rng: random.Random, populations: dict[str, Population]) -> None:
+        self.rng = rng
+        self.populations = populations
+
+    def value(self, dimensions: tuple[str, ...] = DIMENSIONS,
+              min_share: float = MIN_SHARE) -> tuple[str, str]:
+        dimension = self.rng.choice(dimensions)
+        shares = self.populations[dimension].shares
+        return dimension, self.rng.choice(sorted(v for v, s in shares.items() if s >= min_share))
+
+    def share(self, items: tuple[tuple[str, str], ...]) -> float:
+        share = 1.0
+        for dimension, value in items:
+            share *= self.populations[dimension].shares[value]
+        return share
+
+    def rate_incident(self, kind: str, cause: str | None = None,
+                      apart_from: Incident | None = None) -> Incident:
+        """A rate incident of `kind` ("single" or "pair"); with `apart_from`, one of the same
+        cause that adds MIN_EXCESS contacts outside that incident's segment, and leaves it as
+        many outside this one (where two incidents meet, their multipliers compound)."""
+        while True:
+            if kind == "pair":
+                first = self.value()
+                second = self.value(tuple(d for d in DIMENSIONS if d != first[0]), 0.0)
+                items = tuple(sorted((first, second), key=lambda i: DIMENSIONS.index(i[0])))
+            else:
+                items = (self.value(),)
+            chosen = cause or self.rng.choice(sorted(CPO))
+            incident = Incident(name=_label(frozenset(items)), match=items, cause=chosen,
+                                multiplier=round(self.rng.uniform(*MULTIPLIER), 1))
+            if self.share(items) < MIN_SHARE or self.excess(incident, apart_from) < MIN_EXCESS:
+                continue
+            if apart_from is None or (items != apart_from.match
+                                      and self.excess(apart_from, incident) >= MIN_EXCESS):
+                return incident
+
+    def excess(self, incident: Incident, apart_from: Incident | None = None) -> float:
+        """Contacts the incident adds to a window, outside `apart_from`'s segment."""
+        share = self.share(incident.match)
+        if apart_from is not None and apart_from.match[0][0] != incident.match[0][0]:
+            share *= 1 - self.share(apart_from.match)  # attributes are drawn independently
+        return RATE * WINDOW * share * CPO[incident.cause] * (incident.multiplier - 1)
+
+
+def build_world(index: int, seed: int) -> World:
+    rng = random.Random(seed * 1000 + index)
+    populations = _config(0, ()).populations()
+    draw = Draw(rng, populations)
+    background = []
+    for _ in range(2):
+        dimension, value = draw.value(("carrier", "warehouse", "category", "region"), 0.05)
+        cause = rng.choice(("where_is_my_order", "late_delivery", "return_refund"))
+        background.append(Incident(name=f"{dimension}={value}", match=((dimension, value),),
+                                   cause=cause,
+                                   multiplier=round(rng.uniform(*BACKGROUND_MULTIPLIER), 1)))
+    tally = Tally(DIMENSIONS, MAX_VALUES)
+    incidents = tuple(background)
+    week_ago = _count(tally, _config(rng.randrange(2**31), incidents), T0 - WEEK, 1)[0]
+    recent = _count(tally, _config(rng.randrange(2**31), incidents), T0 - RECENT_WINDOWS * WINDOW,
+                    RECENT_WINDOWS)
+    return World(index, incidents, tally, tuple(reversed(recent)), week_ago)
+
+
+def scenarios(world: World, seed: int) -> Iterator[Scenario]:
+    rng = random.Random(seed * 7919 + world.index)
+    draw = Draw(rng, _config(0, ()).populations())
+    for kind in KINDS:
+        for _ in range(PER_WORLD[kind]):
+            run_seed = rng.randrange(2**31)
+            if kind in ("single", "pair"):
+                incident = draw.rate_incident(kind)
+                yield Scenario(kind, world.index, run_seed, (incident,),
+                               (frozenset(incident.match),), incident.cause)
+            elif kind == "two":
+                first = draw.rate_incident("single")
+                second = draw.rate_incident("single", first.cause, apart_from=first)
+                yield Scenario(kind, world.index, run_seed, (first, second),
+                               (frozenset(first.match), frozenset(second.match)), first.cause)
+            elif kind == "mix":
+                costly = rng.choice(world.background)
+                share = draw.share(costly.match)
+                shift = Incident(name=f"{costly.name} mix", match=costly.match,
+                                 share=round(rng.uniform(share + 0.15, 0.85), 2))
+                yield Scenario(kind, world.index, run_seed, (shift,), (), costly.cause)
+            else:
+                yield Scenario(kind, world.index, run_seed, (), (), None, NOISE_RATE)
+
+
+def inputs_for(world: World, scenario: Scenario) -> Inputs:
+    config = _config(scenario.seed, world.background + scenario.incidents, scenario.rate)
+    (current,) = _count(world.tally.copy(), config, T0, 1)
+    return Inputs("bench", current, world.recent, world.week_ago.singles)
+
+
+def evaluate(world: World, scenario: Scenario) -> Outcome:
+    """Analyse the scenario's current window against its world's baseline."""
+    inputs = inputs_for(world, scenario)
+    if scenario.kind in ("mix", "noise"):
+        causes = [ALL, *sorted(inputs.current.singles.contacts)]
+    else:
+        causes = [scenario.cause]
+    outcome = Outcome(scenario)
+    for cause in causes:  # explain_window, with the world's baseline computed once
+        expl = explain(current_snapshot(inputs, cause), world.baseline(inputs, cause),
+                       cause=cause)
+        outcome.defects[cause] = [frozenset(c.key) for c in expl.defects]
+        outcome.summaries[cause] = format_explanation(expl)
+    return outcome
