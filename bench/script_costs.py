@@ -1,0 +1,91 @@
+"""Where the Redis script's CPU goes: the same events through the full script and through
+copies with one part disabled, measured as Redis CPU (`INFO cpu`) per record.
+
+    python -m bench.script_costs [--orders-per-second 40] [--seconds 3000]
+
+The variants are diagnostics only (they do not count correctly); the difference to the full
+script is what that part costs. Runs on an embedded redis-server, or CPO_REDIS_URL (flushed!).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+
+import redis
+
+from streams.events import Rejection, decode_contact, decode_order
+from streams.local import EmbeddedRedis
+from streams.settings import load_settings
+from streams.simulate import SimConfig, encode, generate
+from streams.state import SCRIPT, RedisState, connect
+
+ORDER_SET = "if redis.call('SET', 'cpo:o:' .. order_id, record, 'NX', 'EX', order_ttl) then"
+VARIANTS = {
+    "full script": SCRIPT,
+    "without the HINCRBY flush": SCRIPT.replace("redis.call('HINCRBY', key, name, n)",
+                                                "local _ = n"),
+    "without the order SET NX EX": SCRIPT.replace(ORDER_SET, "if true then"),
+    "order SET NX without EX": SCRIPT.replace(ORDER_SET, ORDER_SET.replace(", 'EX', order_ttl", "")),
+    "without the bucket table adds": SCRIPT.replace(
+        "  fine[field] = (fine[field] or 0) + 1\n  coarse[field] = (coarse[field] or 0) + 1",
+        "  local _ = field"),
+}
+
+
+def events(rate: float, seconds: float, now: float) -> tuple[list, list]:
+    config = SimConfig(rate=rate, seed=1, time_scale=600, diurnal_amplitude=0)
+    orders, contacts = [], []
+    for topic, event in generate(config, now - seconds, seconds):
+        decoded = (decode_order if topic == "orders" else decode_contact)(encode(event), now)
+        if not isinstance(decoded, Rejection):
+            (orders if topic == "orders" else contacts).append(decoded)
+    return orders, contacts
+
+
+async def redis_cpu_per_record(url: str, script: str, pairs: str, orders: list, contacts: list,
+                               now: float) -> float:
+    settings = load_settings({"CPO_REDIS_URL": url, "CPO_RCA_PAIRS": pairs})
+    state = RedisState(connect(settings), settings)
+    state.script = state.client.register_script(script)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    before, records = client.info("cpu"), 0
+    for i in range(0, len(orders), 5000):
+        batch = orders[i:i + 5000]
+        joined = [c for c in contacts if batch[0].occurred_at <= c.occurred_at
+                  < batch[-1].occurred_at]
+        await state.apply_batch(batch, joined, now)
+        records += len(batch) + len(joined)
+    after = client.info("cpu")
+    await state.client.aclose()
+    used = sum(after[k] - before[k] for k in ("used_cpu_user", "used_cpu_sys"))
+    return used / records * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders-per-second", type=float, default=40)
+    parser.add_argument("--seconds", type=float, default=3000)
+    args = parser.parse_args()
+    now = time.time()
+    orders, contacts = events(args.orders_per_second, args.seconds, now)
+    print(f"{len(orders)} orders, {len(contacts)} contacts, batches of 5000 orders")
+
+    def measure(url: str) -> None:
+        for pairs in ("off", "on"):
+            for name, script in VARIANTS.items():
+                cpu = asyncio.run(redis_cpu_per_record(url, script, pairs, orders, contacts, now))
+                print(f"pairs {pairs:3}  {name:32} {cpu:6.1f} µs of Redis CPU per record")
+
+    if os.environ.get("CPO_REDIS_URL"):
+        measure(os.environ["CPO_REDIS_URL"])
+    else:
+        with EmbeddedRedis() as server:
+            measure(server.url)
+
+
+if __name__ == "__main__":
+    main()
