@@ -24,7 +24,7 @@ def resolution_for(window_seconds: float) -> int:
 
 
 def bucket_start(t: float, resolution: int) -> int:
-    return int(math.floor(t / resolution)) * resolution
+    return math.floor(t / resolution) * resolution
 
 
 def bucket_key(resolution: int, start: int) -> str:

@@ -8,10 +8,18 @@ Label values come from the bounded registries (`other` folding); no customer id 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import ProcessCollector, PlatformCollector, GCCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from streams.state import BatchResult, Labels
 

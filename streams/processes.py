@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,7 +35,7 @@ class Child:
     process: subprocess.Popen | None = field(default=None, repr=False)
     _log: IO | None = field(default=None, repr=False)
 
-    def start(self) -> "Child":
+    def start(self) -> Child:
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -130,7 +130,7 @@ class Pipeline:
         for child in reversed(self.children):
             child.stop()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc: object) -> None:

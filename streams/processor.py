@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import redis.exceptions
@@ -126,7 +127,7 @@ class Prepared:
 
 
 def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class BatchProcessor:
@@ -173,7 +174,7 @@ class BatchProcessor:
         else:
             self.health.recover(dependency, "probe")
 
-    def prepare(self, records: Iterable[Record]) -> "Prepared":
+    def prepare(self, records: Iterable[Record]) -> Prepared:
         """Decode one batch (CPU only): the worker does this for the next batch while the
         previous batch's script runs in Redis."""
         now = time.time()
@@ -193,7 +194,7 @@ class BatchProcessor:
                 target.append(event)
         return prepared
 
-    async def apply(self, prepared: "Prepared") -> None:
+    async def apply(self, prepared: Prepared) -> None:
         """Count one decoded batch in Redis and produce its outputs; returns once every effect
         is durable, so the caller may commit the batch's offsets."""
         orders, contacts, rejected, now = (prepared.orders, prepared.contacts, prepared.rejected,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -190,7 +191,7 @@ class Settings:
     """The parsed settings; build it with `load_settings()`."""
 
     kafka_bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     dimensions: tuple[str, ...]
     windows: tuple[str, ...]
     join_grace: float
@@ -216,7 +217,7 @@ class Settings:
     kafka_security_protocol: str
     kafka_sasl_mechanism: str
     kafka_sasl_username: str
-    kafka_sasl_password: str
+    kafka_sasl_password: str = field(repr=False)
     kafka_ssl_cafile: str
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

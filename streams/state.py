@@ -9,9 +9,9 @@ beyond a cache of those registries.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import orjson
 import redis.asyncio as aioredis
@@ -122,7 +122,10 @@ class RedisState:
         events: list = [len(orders)]
         dim_index = self._dim_index
         for order in orders:
-            tracked = [(dim_index[k], v) for k, v in order.attributes.items() if k in dim_index]
+            # An empty value counts as the attribute being absent: an empty label value is a
+            # missing label to Prometheus.
+            tracked = [(dim_index[k], v) for k, v in order.attributes.items()
+                       if v and k in dim_index]
             events += (order.order_id, order.occurred_at, len(tracked))
             for pair in tracked:
                 events += pair

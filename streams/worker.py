@@ -17,10 +17,10 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from kafka.errors import KafkaError as KafkaPythonError
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.kafka import faust_broker_settings
@@ -178,8 +178,9 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
         if not assigned:
             return
         try:  # one ListOffsets request for all assigned partitions
-            highwaters = await consumer.highwaters(*assigned)
-        except Exception as exc:  # the lag gauge waits for the next round; batches retry alone
+            highwaters = await asyncio.wait_for(consumer.highwaters(*assigned),
+                                                PROBE_TIMEOUT_SECONDS)
+        except (*processor.kafka_transient, TimeoutError) as exc:  # the gauge waits a round
             log.debug("reading high watermarks failed: %s", exc)
             return
         for tp, highwater in highwaters.items():

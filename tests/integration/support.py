@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
+import orjson
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from streams.kafka import kafka_python_config
+from streams.processes import Child
 from streams.settings import Settings
+from tests.integration import reference
 
 T = TypeVar("T")
 
@@ -70,3 +74,46 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
 
 def count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=5000))
+
+
+def summed(workers: list[Child], prefix: str = "cpo_") -> dict:
+    """Worker samples summed across workers, as `sum` in PromQL would."""
+    total: dict = {}
+    for worker in workers:
+        for key, value in worker.scrape().items():
+            if key[0].startswith(prefix):
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def check_outputs(settings: Settings, data: reference.Dataset, expected: reference.Expected,
+                  exactly_once: bool) -> None:
+    rejected = sum(data.rejected.values())
+    dlq = consume_all(settings, settings.topic_dlq, rejected)
+    reason_by_origin: dict[tuple, str] = {}
+    for record in dlq:
+        headers = {k: v.decode() for k, v in record.headers}
+        origin = (headers["cpo-source-topic"], headers["cpo-source-partition"],
+                  headers["cpo-source-offset"])
+        reason_by_origin[origin] = headers["cpo-error-reason"]
+    reasons: dict = {}
+    for (topic, _, _), reason in reason_by_origin.items():
+        kind = "orders" if topic == settings.topic_orders else "contacts"
+        reasons[(kind, reason)] = reasons.get((kind, reason), 0) + 1
+    assert reasons == dict(data.rejected)  # every bad record, with its reason
+    if exactly_once:
+        assert len(dlq) == rejected
+
+    out = consume_all(settings, settings.topic_attributed, len(expected.outputs))
+    records: dict[str, dict] = {}
+    for record in out:
+        value = orjson.loads(record.value)
+        if value["contact_id"] in records:
+            assert records[value["contact_id"]] == value  # a redelivery repeats, never differs
+        records[value["contact_id"]] = value
+    if exactly_once:
+        assert len(out) == len(expected.outputs)
+    assert set(records) == set(expected.outputs)
+    for contact_id, want in expected.outputs.items():
+        got = records[contact_id]
+        assert {k: got.get(k) for k in want} == want, contact_id

@@ -8,15 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
 from streams.local import free_port
-from streams.processes import Child, Pipeline
+from streams.processes import Pipeline
 from streams.settings import Settings, load_settings
 from tests.integration import reference
-from tests.integration.support import consume_all, count_keys, produce, wait_until
+from tests.integration.support import check_outputs, count_keys, produce, summed, wait_until
 
 GRACE = "20s"
 
@@ -27,16 +26,6 @@ def settings(pipeline_settings: Settings) -> Settings:
         {**pipeline_settings.as_env(), "CPO_WINDOWS": reference.WINDOWS,
          "CPO_JOIN_GRACE": GRACE, "CPO_MAX_VALUES": str(reference.MAX_VALUES),
          "CPO_DIMENSIONS": ",".join(reference.DIMENSIONS), "CPO_BATCH_SIZE": "500"})
-
-
-def summed(workers: list[Child], prefix: str = "cpo_") -> dict:
-    """Worker samples summed across workers, as `sum` in PromQL would."""
-    total: dict = {}
-    for worker in workers:
-        for key, value in worker.scrape().items():
-            if key[0].startswith(prefix):
-                total[key] = total.get(key, 0.0) + value
-    return total
 
 
 def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> None:
@@ -99,39 +88,6 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
             assert actual == {k: float(v) for k, v in expected.totals.items()}
 
     check_outputs(settings, data, expected, exactly_once=not kill_mid_stream)
-
-
-def check_outputs(settings: Settings, data: reference.Dataset, expected: reference.Expected,
-                  exactly_once: bool) -> None:
-    rejected = sum(data.rejected.values())
-    dlq = consume_all(settings, settings.topic_dlq, rejected)
-    reason_by_origin: dict[tuple, str] = {}
-    for record in dlq:
-        headers = {k: v.decode() for k, v in record.headers}
-        origin = (headers["cpo-source-topic"], headers["cpo-source-partition"],
-                  headers["cpo-source-offset"])
-        reason_by_origin[origin] = headers["cpo-error-reason"]
-    reasons: dict = {}
-    for (topic, _, _), reason in reason_by_origin.items():
-        kind = "orders" if topic == settings.topic_orders else "contacts"
-        reasons[(kind, reason)] = reasons.get((kind, reason), 0) + 1
-    assert reasons == dict(data.rejected)  # every bad record, with its reason
-    if exactly_once:
-        assert len(dlq) == rejected
-
-    out = consume_all(settings, settings.topic_attributed, len(expected.outputs))
-    records: dict[str, dict] = {}
-    for record in out:
-        value = orjson.loads(record.value)
-        if value["contact_id"] in records:
-            assert records[value["contact_id"]] == value  # a redelivery repeats, never differs
-        records[value["contact_id"]] = value
-    if exactly_once:
-        assert len(out) == len(expected.outputs)
-    assert set(records) == set(expected.outputs)
-    for contact_id, want in expected.outputs.items():
-        got = records[contact_id]
-        assert {k: got.get(k) for k in want} == want, contact_id
 
 
 def test_two_workers_count_exactly(settings: Settings, tmp_path: Path) -> None:

@@ -30,9 +30,9 @@ def test_every_default_parses() -> None:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    commands = re.findall(r"^make (\w+)", README.split("## Quick start")[1], flags=re.M)
+    commands = re.findall(r"^make (\w+)", README.split("## Quick start")[1], flags=re.MULTILINE)
     assert commands[:2] == ["demo", "test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test:.*\n\t@scripts/bootstrap\n\tpython3 -m pytest", makefile, re.M)
-    assert re.search(r"^demo:.*\n\t@scripts/bootstrap\n\tcpo demo", makefile, re.M)
+    assert re.search(r"^test:.*\n\t@scripts/bootstrap\n\tpython3 -m pytest", makefile, re.MULTILINE)
+    assert re.search(r"^demo:.*\n\t@scripts/bootstrap\n\tcpo demo", makefile, re.MULTILINE)
