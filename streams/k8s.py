@@ -66,9 +66,9 @@ def render_prometheus_rule(files: list[Path]) -> dict:
 def dump(obj: dict) -> str:
     """The YAML text written to `OUTPUT`: the header, then the object in the rule files' style
     (multi-line expressions as blocks, so they read like PromQL)."""
-    from streams.rules import _Dumper
+    from streams.rules import Dumper
 
-    body = yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=100_000, allow_unicode=True)
+    body = yaml.dump(obj, Dumper=Dumper, sort_keys=False, width=100_000, allow_unicode=True)
     return HEADER + body
 
 

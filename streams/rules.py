@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from streams import k8s
 from streams.settings import parse_duration
 
 DEFAULT_CONFIG = Path("deploy/rules.yaml")
@@ -550,8 +551,9 @@ def _number(value: float) -> str:
 # ----------------------------------------------------------------------------- output
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style for multi-line strings, so expressions read like PromQL."""
+class Dumper(yaml.SafeDumper):
+    """Block style for multi-line strings, so expressions read like PromQL (also used by
+    streams.k8s for the PrometheusRule)."""
 
 
 def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
@@ -559,12 +561,12 @@ def _str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
-_Dumper.add_representer(str, _str)
+Dumper.add_representer(str, _str)
 
 
 def dump(document: dict[str, Any], scale: float) -> str:
     note = "default windows" if scale == 1 else f"windows divided by {_number(scale)}"
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100_000, allow_unicode=True)
+    body = yaml.dump(document, Dumper=Dumper, sort_keys=False, width=100_000, allow_unicode=True)
     return HEADER.format(scale=note) + body
 
 
@@ -589,7 +591,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="thresholds, targets and windows (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="directory for the rule files (default: %(default)s)")
+                        help="directory for the rule files (default: %(default)s, which also "
+                             f"rewrites {k8s.OUTPUT})")
     parser.add_argument("--short-windows", type=float, metavar="FACTOR", default=None,
                         help="divide every window, offset and `for` by FACTOR (a test copy); "
                              "overrides time_scale in the config")
@@ -600,10 +603,20 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.short_windows is not None and args.short_windows <= 0:
             raise RulesConfigError("--short-windows: must be greater than zero")
+        if args.short_windows is not None and args.out == DEFAULT_OUT:
+            raise RulesConfigError("--short-windows makes a test copy: give it its own --out "
+                                   "directory, not the committed rules")
         paths = write(render(config, args.short_windows), args.out)
+        if args.out == DEFAULT_OUT and args.short_windows is None:
+            # The Kubernetes PrometheusRule wraps these very files, so it never drifts.
+            paths.append(k8s.write_prometheus_rule(args.out))
     except RulesConfigError as exc:
         print(f"cpo rules: {args.config}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"cpo rules: cannot write {exc.filename} ({exc.strerror}): run it from the "
+              "repository root, or pass --out", file=sys.stderr)
+        return 1
     for path in paths:
         print(path)
     return 0

@@ -233,3 +233,11 @@ def test_alertmanager_groups_by_cause_and_inhibits_tickets_under_a_page():
     assert 'severity="page"' in inhibit["source_matchers"]
     assert 'severity="ticket"' in inhibit["target_matchers"]
     assert inhibit["equal"] == ["cause"]
+
+
+def test_a_short_copy_never_overwrites_the_committed_rules(capsys):
+    committed = (ROOT / "deploy" / "prometheus" / rules.RECORDING_FILE).read_text()
+    assert main(["rules", "--short-windows", "30",
+                 "--config", str(ROOT / "deploy" / "rules.yaml")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert (ROOT / "deploy" / "prometheus" / rules.RECORDING_FILE).read_text() == committed
