@@ -1,7 +1,8 @@
 """The pipeline's counting semantics, applied in memory to generated events.
 
 `Tally` does what the worker's Redis script does for one stream of events, without Kafka or
-Redis: identities (an order or contact counted once, the first order event's attributes win),
+Redis: identities (an order or contact counted once, the first order event's attributes win,
+though a duplicate's values take registry slots as they do in the script),
 the join of a contact to its order, the bounded value registry (the first CPO_MAX_VALUES - 1
 values of a dimension get their name, the rest fold into `other`), and the counts of every
 event-time window: orders, contacts per cause, joined contacts per attribute value and per pair
@@ -59,11 +60,12 @@ class Tally:
             index = int((t - start) // window_seconds)
             inside = 0 <= index < windows
             if topic == "orders":
-                if event["order_id"] in orders:
-                    continue
+                # As in the script, values get their registry slot before the identity check.
                 attributes = event.get("attributes", {})
                 items = tuple((d, self._label(d, attributes[d]))
                               for d in self.dimensions if d in attributes)
+                if event["order_id"] in orders:
+                    continue
                 orders[event["order_id"]] = items
                 if inside:
                     counts, pairs = result[index]

@@ -1,7 +1,7 @@
 """Incidents for the root-cause evaluation, generated with the simulator, and how each is scored.
 
 A *world* is a seeded simulation with a realistic heterogeneity: two permanent rate
-differences (e.g. region=uk always has 1.8x late_delivery), present in every window. Its
+differences (e.g. region=uk always has 2.6x late_delivery), present in every window. Its
 baseline is counted once: four windows back to back before the current one and the same window
 a week earlier, as the exporter reads them. Each scenario generates the current window of its
 world with its own seed and incidents, counts it (bench/rca/counting.py), builds `Inputs` like
@@ -24,8 +24,8 @@ exporter's loop, which analyses only the causes whose rate rose (z >= RISE_Z).
 
 Incident sizes are drawn at random within what a 5-sigma test can see in one window: a value
 (or pair) with at least MIN_SHARE of the orders, a multiplier in MULTIPLIER, and at least
-MIN_EXCESS expected extra contacts in the window (for two incidents: each outside the other's
-segment); smaller incidents are redrawn.
+MIN_EXCESS (or --min-excess) expected extra contacts in the window (for two incidents: each
+outside the other's segment); smaller incidents are redrawn.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ WEEK = 7 * 86400.0
 MIN_SHARE = 0.01
 MIN_EXCESS = 30.0
 MULTIPLIER = (3.0, 8.0)
-BACKGROUND_MULTIPLIER = (1.5, 2.5)
+BACKGROUND_MULTIPLIER = (2.0, 4.0)
 KINDS = ("single", "pair", "two", "mix", "noise")
 PER_WORLD = {"single": 8, "pair": 8, "two": 4, "mix": 5, "noise": 3}
 CPO = {cause.name: cause.cpo for cause in CAUSES}
@@ -100,6 +100,7 @@ class Outcome:
     scenario: Scenario
     defects: dict[str, list[Truth]] = field(default_factory=dict)  # cause -> defects in order
     summaries: dict[str, str] = field(default_factory=dict)
+    significant: dict[str, bool] = field(default_factory=dict)  # cause -> its rise is (z >= 4)
 
     @property
     def ranked(self) -> list[Truth]:
@@ -134,7 +135,7 @@ class Outcome:
             "incidents": [i.describe() for i in s.incidents],
             "truth": [_label(t) for t in s.truth],
             "defects": {cause: [_label(k) for k in keys] for cause, keys in self.defects.items()},
-            "summaries": self.summaries,
+            "summaries": self.summaries, "significant_rise": self.significant,
             "top1": self.top1, "top3": self.top3, "clean": self.clean,
         }
 
@@ -156,9 +157,11 @@ def _count(tally: Tally, config: SimConfig, start: float, windows: int) -> list[
 class Draw:
     """Random incidents within the visible range (see the module docstring)."""
 
-    def __init__(self, rng: random.Random, populations: dict[str, Population]) -> None:
+    def __init__(self, rng: random.Random, populations: dict[str, Population],
+                 min_excess: float = MIN_EXCESS) -> None:
         self.rng = rng
         self.populations = populations
+        self.min_excess = min_excess
 
     def value(self, dimensions: tuple[str, ...] = DIMENSIONS,
               min_share: float = MIN_SHARE) -> tuple[str, str]:
@@ -172,11 +175,8 @@ class Draw:
             share *= self.populations[dimension].shares[value]
         return share
 
-    def rate_incident(self, kind: str, cause: str | None = None,
-                      apart_from: Incident | None = None) -> Incident:
-        """A rate incident of `kind` ("single" or "pair"); with `apart_from`, one of the same
-        cause that adds MIN_EXCESS contacts outside that incident's segment, and leaves it as
-        many outside this one (where two incidents meet, their multipliers compound)."""
+    def rate_incident(self, kind: str, cause: str | None = None) -> Incident:
+        """A rate incident of `kind` ("single" or "pair") of at least `min_excess` contacts."""
         while True:
             if kind == "pair":
                 first = self.value()
@@ -184,14 +184,23 @@ class Draw:
                 items = tuple(sorted((first, second), key=lambda i: DIMENSIONS.index(i[0])))
             else:
                 items = (self.value(),)
-            chosen = cause or self.rng.choice(sorted(CPO))
-            incident = Incident(name=_label(frozenset(items)), match=items, cause=chosen,
+            incident = Incident(name=_label(frozenset(items)), match=items,
+                                cause=cause or self.rng.choice(sorted(CPO)),
                                 multiplier=round(self.rng.uniform(*MULTIPLIER), 1))
-            if self.share(items) < MIN_SHARE or self.excess(incident, apart_from) < MIN_EXCESS:
-                continue
-            if apart_from is None or (items != apart_from.match
-                                      and self.excess(apart_from, incident) >= MIN_EXCESS):
+            if self.share(items) >= MIN_SHARE and self.excess(incident) >= self.min_excess:
                 return incident
+
+    def two_incidents(self) -> tuple[Incident, Incident]:
+        """Two single-value incidents of one cause, each adding `min_excess` contacts outside
+        the other's segment (where they meet, their multipliers compound)."""
+        while True:
+            first = self.rate_incident("single")
+            for _ in range(20):
+                second = self.rate_incident("single", first.cause)
+                if (second.match != first.match
+                        and self.excess(first, second) >= self.min_excess
+                        and self.excess(second, first) >= self.min_excess):
+                    return first, second
 
     def excess(self, incident: Incident, apart_from: Incident | None = None) -> float:
         """Contacts the incident adds to a window, outside `apart_from`'s segment."""
@@ -220,9 +229,9 @@ def build_world(index: int, seed: int) -> World:
     return World(index, incidents, tally, tuple(reversed(recent)), week_ago)
 
 
-def scenarios(world: World, seed: int) -> Iterator[Scenario]:
+def scenarios(world: World, seed: int, min_excess: float = MIN_EXCESS) -> Iterator[Scenario]:
     rng = random.Random(seed * 7919 + world.index)
-    draw = Draw(rng, _config(0, ()).populations())
+    draw = Draw(rng, _config(0, ()).populations(), min_excess)
     for kind in KINDS:
         for _ in range(PER_WORLD[kind]):
             run_seed = rng.randrange(2**31)
@@ -231,15 +240,14 @@ def scenarios(world: World, seed: int) -> Iterator[Scenario]:
                 yield Scenario(kind, world.index, run_seed, (incident,),
                                (frozenset(incident.match),), incident.cause)
             elif kind == "two":
-                first = draw.rate_incident("single")
-                second = draw.rate_incident("single", first.cause, apart_from=first)
+                first, second = draw.two_incidents()
                 yield Scenario(kind, world.index, run_seed, (first, second),
                                (frozenset(first.match), frozenset(second.match)), first.cause)
             elif kind == "mix":
                 costly = rng.choice(world.background)
                 share = draw.share(costly.match)
                 shift = Incident(name=f"{costly.name} mix", match=costly.match,
-                                 share=round(rng.uniform(share + 0.15, 0.85), 2))
+                                 share=round(rng.uniform(share + 0.3, 0.9), 2))
                 yield Scenario(kind, world.index, run_seed, (shift,), (), costly.cause)
             else:
                 yield Scenario(kind, world.index, run_seed, (), (), None, NOISE_RATE)
@@ -264,4 +272,5 @@ def evaluate(world: World, scenario: Scenario) -> Outcome:
                        cause=cause)
         outcome.defects[cause] = [frozenset(c.key) for c in expl.defects]
         outcome.summaries[cause] = format_explanation(expl)
+        outcome.significant[cause] = expl.is_significant_rise
     return outcome

@@ -184,6 +184,11 @@ class Expected:
     outputs: dict[str, dict]  # contact_id -> expected fields of its output record
 
 
+def tracked(order: Order) -> dict[str, str]:
+    """The order's attributes that count: an empty value counts as the attribute being absent."""
+    return {dim: value for dim, value in order.attributes.items() if value}
+
+
 def fold(value: str, dim: str, registered: dict[str, set[str]]) -> str:
     return value if value in registered.get(dim, set()) else "other"
 
@@ -197,7 +202,7 @@ def compute(data: Dataset, now: float, registered: dict[str, set[str]],
     contacted: set[str] = set()
     for order in data.orders:
         totals[("cpo_orders_total", ())] += 1
-        for dim, value in order.attributes.items():
+        for dim, value in tracked(order).items():
             labels = (("dimension", dim), ("value", fold(value, dim, registered)))
             totals[("cpo_orders_by_attribute_total", labels)] += 1
     for contact in data.contacts:
@@ -211,7 +216,7 @@ def compute(data: Dataset, now: float, registered: dict[str, set[str]],
             continue
         order = orders[contact.order_id]
         contacted.add(order.order_id)
-        attrs = {dim: fold(v, dim, registered) for dim, v in order.attributes.items()}
+        attrs = {dim: fold(v, dim, registered) for dim, v in tracked(order).items()}
         for dim, value in attrs.items():
             totals[("cpo_contacts_attributed_total",
                     (("cause", cause), ("dimension", dim), ("value", value)))] += 1
@@ -240,7 +245,7 @@ def window_samples(data: Dataset, now: float, registered: dict[str, set[str]]) -
         for order in data.orders:
             if start <= order.t < end:
                 n_orders += 1
-                for dim, value in order.attributes.items():
+                for dim, value in tracked(order).items():
                     orders_by[(dim, fold(value, dim, registered))] += 1
         for contact in data.contacts:
             if not start <= contact.t < end:
@@ -248,7 +253,7 @@ def window_samples(data: Dataset, now: float, registered: dict[str, set[str]]) -
             contacts[contact.cause] += 1
             order = orders.get(contact.order_id or "")
             if order is not None:
-                for dim, value in order.attributes.items():
+                for dim, value in tracked(order).items():
                     joined[(contact.cause, dim, fold(value, dim, registered))] += 1
         w = ("window", window)
         samples[("cpo_window_orders", (w,))] = n_orders

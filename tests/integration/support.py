@@ -72,6 +72,21 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
     return value
 
 
+def wait_for(get: Callable[[], T], expected: T, timeout: float, what: str) -> None:
+    """Poll `get` until it returns `expected`; a failure shows the last value it returned."""
+    seen: list = [None]
+
+    def check() -> bool:
+        seen[0] = get()
+        return seen[0] == expected
+
+    try:
+        wait_until(check, timeout, what)
+    except AssertionError:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: "
+                             f"last {seen[0]!r}, expected {expected!r}") from None
+
+
 def count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=5000))
 

@@ -15,7 +15,14 @@ from streams.local import free_port
 from streams.processes import Pipeline
 from streams.settings import Settings, load_settings
 from tests.integration import reference
-from tests.integration.support import check_outputs, count_keys, produce, summed, wait_until
+from tests.integration.support import (
+    check_outputs,
+    count_keys,
+    produce,
+    summed,
+    wait_for,
+    wait_until,
+)
 
 GRACE = "20s"
 
@@ -53,20 +60,20 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
             time.sleep(1)
             workers[0] = pipeline.worker(0, ports[0])
         producer.join()
-        wait_until(lambda: count_keys(client, "cpo:o:*") == distinct_orders, 120,
+        wait_for(lambda: count_keys(client, "cpo:o:*"), distinct_orders, 120,
                    f"{distinct_orders} orders in Redis")
 
         # Phase 2: contacts; those of the late orders and of unknown orders wait for the join.
         produce(settings, data.contacts_phase)
         waiting = len(data.late_order_ids) + 100
-        wait_until(lambda: count_keys(client, "cpo:c:*") == len(data.contacts), 120,
+        wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), 120,
                    f"{len(data.contacts)} contacts in Redis")
         assert client.zcard("cpo:pq") == waiting
 
         # Phase 3: the late orders arrive within the grace; unknown ones expire after it.
         produce(settings, data.late_orders_phase)
-        wait_until(lambda: client.zcard("cpo:pq") == 0, 120, "no contact waiting for its order")
-        wait_until(lambda: client.xlen("cpo:outbox") == 0, 90, "an empty outbox")
+        wait_for(lambda: client.zcard("cpo:pq"), 0, 120, "no contact waiting for its order")
+        wait_for(lambda: client.xlen("cpo:outbox"), 0, 90, "an empty outbox")
         for child in workers:
             child.wait_ready()
         time.sleep(1.5)  # one more exporter refresh after the last write

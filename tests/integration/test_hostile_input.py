@@ -45,7 +45,7 @@ from tests.integration.support import (
     count_keys,
     summed,
     topic_for,
-    wait_until,
+    wait_for,
 )
 
 GRACE = "25s"  # longer than a late order can lag behind its contact here
@@ -217,18 +217,18 @@ def test_hostile_records_are_all_accounted_for(settings: Settings, tmp_path: Pat
 
         # The injection strings first, so they are registered as labels and not folded.
         origins = produce_tracked(settings, registrations)
-        wait_until(lambda: count_keys(client, "cpo:c:*") == len(registrations) // 2, 120,
+        wait_for(lambda: count_keys(client, "cpo:c:*"), len(registrations) // 2, 120,
                    "the injection records counted")
         origins += produce_tracked(settings, records)
         records = registrations + records
 
-        wait_until(lambda: count_keys(client, "cpo:o:*") == len(data.orders), DRAIN_TIMEOUT,
+        wait_for(lambda: count_keys(client, "cpo:o:*"), len(data.orders), DRAIN_TIMEOUT,
                    f"{len(data.orders)} orders in Redis")
-        wait_until(lambda: count_keys(client, "cpo:c:*") == len(data.contacts), DRAIN_TIMEOUT,
+        wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), DRAIN_TIMEOUT,
                    f"{len(data.contacts)} contacts in Redis")
-        wait_until(lambda: client.zcard("cpo:pq") == 0, DRAIN_TIMEOUT,
+        wait_for(lambda: client.zcard("cpo:pq"), 0, DRAIN_TIMEOUT,
                    "no contact waiting for its order")
-        wait_until(lambda: client.xlen("cpo:outbox") == 0, DRAIN_TIMEOUT, "an empty outbox")
+        wait_for(lambda: client.xlen("cpo:outbox"), 0, DRAIN_TIMEOUT, "an empty outbox")
         for child in [*workers, exporter]:
             assert child.alive, f"{child.name} exited:\n{child.log_tail()}"
             child.wait_ready()
