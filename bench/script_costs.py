@@ -22,13 +22,13 @@ from streams.settings import load_settings
 from streams.simulate import SimConfig, encode, generate
 from streams.state import SCRIPT, RedisState, connect
 
-ORDER_SET = "if redis.call('SET', 'cpo:o:' .. order_id, record, 'NX', 'EX', order_ttl) then"
+ORDER_SET = "redis.call('SET', key, record, 'EX', order_ttl)"
 VARIANTS = {
     "full script": SCRIPT,
     "without the HINCRBY flush": SCRIPT.replace("redis.call('HINCRBY', key, name, n)",
                                                 "local _ = n"),
-    "without the order SET NX EX": SCRIPT.replace(ORDER_SET, "if true then"),
-    "order SET NX without EX": SCRIPT.replace(ORDER_SET, ORDER_SET.replace(", 'EX', order_ttl", "")),
+    "without the order SET EX": SCRIPT.replace(ORDER_SET, ""),
+    "order SET without EX": SCRIPT.replace(ORDER_SET, ORDER_SET.replace(", 'EX', order_ttl", "")),
     "without the bucket table adds": SCRIPT.replace(
         "  fine[field] = (fine[field] or 0) + 1\n  coarse[field] = (coarse[field] or 0) + 1",
         "  local _ = field"),

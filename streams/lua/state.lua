@@ -214,15 +214,19 @@ local function apply_batch()
   for k = 1, n_orders do
     local order_id, t = A[i], tonumber(A[i + 1])
     local n_attrs = tonumber(A[i + 2])
-    i = i + 3
-    local pairs_ = {}
-    for a = 1, n_attrs do
-      pairs_[a] = pair_of(A[i], A[i + 1])
-      i = i + 2
-    end
-    local record = '0' .. string.format('%d', floor(t))
-    if n_attrs > 0 then record = record .. ',' .. table.concat(pairs_, ',') end
-    if redis.call('SET', 'cpo:o:' .. order_id, record, 'NX', 'EX', order_ttl) then
+    local first_attr = i + 3
+    i = first_attr + 2 * n_attrs
+    local key = 'cpo:o:' .. order_id
+    -- The identity first: a duplicate's attributes are ignored, so they take no label slot.
+    if redis.call('EXISTS', key) == 0 then
+      local pairs_ = {}
+      for a = 1, n_attrs do
+        local at = first_attr + 2 * (a - 1)
+        pairs_[a] = pair_of(A[at], A[at + 1])
+      end
+      local record = '0' .. string.format('%d', floor(t))
+      if n_attrs > 0 then record = record .. ',' .. table.concat(pairs_, ',') end
+      redis.call('SET', key, record, 'EX', order_ttl)
       local fine, coarse = buckets(t)
       add(fine, coarse, 'o')
       for a = 1, n_attrs do add(fine, coarse, order_field[pairs_[a]]) end

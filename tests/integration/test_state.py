@@ -123,3 +123,12 @@ def test_the_outbox_holds_output_until_acknowledged(settings: Settings) -> None:
     run(settings, ("outbox_done", result.outbox_ids))
     (left,) = run(settings, ("outbox_orphans", -60.0))
     assert left.outbox_ids == [] and orphans_after.outbox_ids == result.outbox_ids
+
+
+def test_a_duplicate_orders_attributes_take_no_label_slot(settings: Settings) -> None:
+    first = [order("o1", carrier="acme")]
+    duplicate = [order("o1", carrier="bolt"), order("o2", carrier="swift")]
+    _, second, labels = run(settings, ("apply_batch", first, [], NOW),
+                            ("apply_batch", duplicate, [], NOW), ("labels",))
+    assert second.totals["do"] == 1
+    assert sorted(labels.values.values()) == ["acme", "swift"]  # bolt was only in a duplicate
