@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
 import psutil
@@ -55,7 +55,7 @@ from bench.report import (
 )
 from streams.buckets import COARSE_SECONDS, bucket_key, bucket_start
 from streams.events import Rejection, decode_contact, decode_order
-from streams.local import EmbeddedKafka, EmbeddedRedis, free_port
+from streams.local import EmbeddedKafka, EmbeddedRedis, free_port, with_redis_db
 from streams.processes import Child, Pipeline
 from streams.settings import SETTINGS, Settings, load_settings
 from streams.simulate import SimConfig, encode, generate, record_key, rfc3339
@@ -132,17 +132,6 @@ def say(line: str) -> None:
 
 
 # ---- infrastructure and settings -----------------------------------------------------------
-
-
-def with_redis_db(url: str, db: int) -> str:
-    """The same server URL pointing at database `db` (path for redis://, ?db= for unix://)."""
-    parts = urlsplit(url)
-    path, query = parts.path, parts.query
-    if parts.scheme == "unix":
-        query = urlencode({**dict(parse_qsl(query)), "db": str(db)})
-    else:
-        path = f"/{db}"
-    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else "")
 
 
 @dataclass

@@ -243,7 +243,7 @@ async def refresh_loop(settings: Settings, state: ExporterState, interval: float
         started = time.perf_counter()
         try:
             state.windows = await read_windows(client, time.time(), windows)
-        except Exception as exc:  # a fault is reported by /readyz and a counter, then retried
+        except (RedisError, OSError) as exc:  # reported by /readyz and a counter, then retried
             state.redis_errors += 1
             if state.fault is None or state.fault == "no snapshot yet":
                 log.warning("reading Redis failed (%s: %s); retrying every %.1fs",

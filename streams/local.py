@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Self
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 STOP_TIMEOUT = 5.0
 START_TIMEOUT = 15.0
@@ -249,3 +250,14 @@ class EmbeddedRedis(_Server):
         """Stop and start again on the same port and dir, so an append-only file is reloaded."""
         self._halt()
         self.start(timeout)
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """The same server URL pointing at database `db` (path for redis://, ?db= for unix://)."""
+    parts = urlsplit(url)
+    path, query = parts.path, parts.query
+    if parts.scheme == "unix":
+        query = urlencode({**dict(parse_qsl(query)), "db": str(db)})
+    else:
+        path = f"/{db}"
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else "")

@@ -130,7 +130,7 @@ class Pipeline:
         for child in reversed(self.children):
             child.stop()
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

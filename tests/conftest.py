@@ -12,11 +12,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from streams.local import EmbeddedKafka, EmbeddedRedis, free_port
+from streams.local import EmbeddedKafka, EmbeddedRedis, free_port, with_redis_db
 from streams.settings import Settings, load_settings
 from streams.topics import create_topics
 
@@ -49,17 +48,6 @@ def redis_url() -> Iterator[str]:
         return
     with EmbeddedRedis() as redis_server:
         yield redis_server.url
-
-
-def with_redis_db(url: str, db: int) -> str:
-    """The same server URL pointing at database `db` (path for redis://, ?db= for unix://)."""
-    parts = urlsplit(url)
-    path, query = parts.path, parts.query
-    if parts.scheme == "unix":
-        query = urlencode({**dict(parse_qsl(query)), "db": str(db)})
-    else:
-        path = f"/{db}"
-    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query}" if query else "")
 
 
 @pytest.fixture

@@ -91,6 +91,22 @@ def count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=5000))
 
 
+def wait_drained(client: redis.Redis, data: reference.Dataset, timeout: float) -> None:
+    """Every order and contact of `data` counted, no contact waiting, the outbox empty."""
+    wait_for(lambda: count_keys(client, "cpo:o:*"), len(data.orders), timeout,
+             f"{len(data.orders)} orders in Redis")
+    wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), timeout,
+             f"{len(data.contacts)} contacts in Redis")
+    wait_for(lambda: client.zcard("cpo:pq"), 0, timeout, "no contact waiting for its order")
+    wait_for(lambda: client.xlen("cpo:outbox"), 0, timeout, "an empty outbox")
+
+
+def exported_windows(exporter: Child) -> dict:
+    """The exporter's windowed samples (counts and rates)."""
+    return {k: v for k, v in exporter.scrape().items()
+            if k[0].startswith(("cpo_window", "cpo_defect_rate"))}
+
+
 def summed(workers: list[Child], prefix: str = "cpo_") -> dict:
     """Worker samples summed across workers, as `sum` in PromQL would."""
     total: dict = {}

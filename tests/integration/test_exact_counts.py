@@ -18,6 +18,7 @@ from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
     count_keys,
+    exported_windows,
     produce,
     summed,
     wait_for,
@@ -78,8 +79,7 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
             child.wait_ready()
         time.sleep(1.5)  # one more exporter refresh after the last write
 
-        exported = {k: v for k, v in exporter.scrape().items()
-                    if k[0].startswith(("cpo_window", "cpo_defect_rate"))}
+        exported = exported_windows(exporter)
         check_time = time.time()
         registered = reference.registered_values(exported)
         assert len(registered["warehouse"]) == reference.MAX_VALUES - 1

@@ -31,7 +31,14 @@ from streams.local import EmbeddedKafka, EmbeddedRedis, free_port
 from streams.processes import Child, Pipeline
 from streams.settings import Settings, load_settings
 from tests.integration import reference
-from tests.integration.support import check_outputs, count_keys, produce, wait_for, wait_until
+from tests.integration.support import (
+    check_outputs,
+    count_keys,
+    exported_windows,
+    produce,
+    wait_drained,
+    wait_until,
+)
 
 GRACE = "60s"  # longer than any fault below can delay a late order behind its contact
 FREEZE_SECONDS = 15.0  # longer than the workers' 10 s Kafka session timeout
@@ -246,21 +253,14 @@ def test_counts_stay_exact_through_crashes_restarts_freezes_and_rebalances(
         load.join()
         faults.note("load done")
 
-        wait_for(lambda: count_keys(client, "cpo:o:*"), len(data.orders), DRAIN_TIMEOUT,
-                   f"{len(data.orders)} orders in Redis")
-        wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), DRAIN_TIMEOUT,
-                   f"{len(data.contacts)} contacts in Redis")
-        wait_for(lambda: client.zcard("cpo:pq"), 0, DRAIN_TIMEOUT,
-                   "no contact waiting for its order")
-        wait_for(lambda: client.xlen("cpo:outbox"), 0, DRAIN_TIMEOUT, "an empty outbox")
+        wait_drained(client, data, DRAIN_TIMEOUT)
         faults.note("drained")
         for worker in survivors:
             assert worker.alive, f"{worker.name} exited:\n{worker.log_tail()}"
             worker.wait_ready()
         time.sleep(1.5)  # one more exporter refresh after the last write
 
-        exported = {k: v for k, v in exporter.scrape().items()
-                    if k[0].startswith(("cpo_window", "cpo_defect_rate"))}
+        exported = exported_windows(exporter)
         check_time = time.time()
         registered = reference.registered_values(exported)
         expected = reference.compute(data, check_time, registered,

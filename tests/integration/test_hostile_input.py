@@ -43,8 +43,10 @@ from tests.integration.support import (
     check_outputs,
     consume_all,
     count_keys,
+    exported_windows,
     summed,
     topic_for,
+    wait_drained,
     wait_for,
 )
 
@@ -222,13 +224,7 @@ def test_hostile_records_are_all_accounted_for(settings: Settings, tmp_path: Pat
         origins += produce_tracked(settings, records)
         records = registrations + records
 
-        wait_for(lambda: count_keys(client, "cpo:o:*"), len(data.orders), DRAIN_TIMEOUT,
-                   f"{len(data.orders)} orders in Redis")
-        wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), DRAIN_TIMEOUT,
-                   f"{len(data.contacts)} contacts in Redis")
-        wait_for(lambda: client.zcard("cpo:pq"), 0, DRAIN_TIMEOUT,
-                   "no contact waiting for its order")
-        wait_for(lambda: client.xlen("cpo:outbox"), 0, DRAIN_TIMEOUT, "an empty outbox")
+        wait_drained(client, data, DRAIN_TIMEOUT)
         for child in [*workers, exporter]:
             assert child.alive, f"{child.name} exited:\n{child.log_tail()}"
             child.wait_ready()
@@ -236,8 +232,7 @@ def test_hostile_records_are_all_accounted_for(settings: Settings, tmp_path: Pat
 
         # Counts: the registries decided which causes and values keep their own label.
         counters = summed(workers)
-        exported = {k: v for k, v in exporter.scrape().items()
-                    if k[0].startswith(("cpo_window", "cpo_defect_rate"))}
+        exported = exported_windows(exporter)
         check_time = time.time()
         causes = label_values(counters, "cause", "cpo_contacts_total") - {"other"}
         values = {dim: label_values(counters, "value", "cpo_orders_by_attribute_total",

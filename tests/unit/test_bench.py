@@ -9,7 +9,7 @@ import jsonschema
 import orjson
 import pytest
 
-from bench.harness import partition_of, sim_config, with_redis_db
+from bench.harness import partition_of, sim_config
 from bench.report import (
     RESULT_SCHEMA,
     BaselineResult,
@@ -24,6 +24,7 @@ from bench.report import (
     ratio,
     table,
 )
+from streams.local import with_redis_db
 
 # ---- percentile ---------------------------------------------------------------------------
 
