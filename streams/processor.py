@@ -61,6 +61,9 @@ class Health:
     failing: dict[str, dict[object, str]] = field(
         default_factory=lambda: {"redis": {}, "kafka": {}})
     since: dict[str, float] = field(default_factory=dict)
+    # A worker is ready only once a probe has reached each dependency (a worker starting while
+    # Redis or the broker is down must not answer 200 before it has tried).
+    probed: set[str] = field(default_factory=set)
 
     def fail(self, dependency: str, call: object, reason: str) -> None:
         failing = self.failing[dependency]
@@ -76,13 +79,19 @@ class Health:
             log.info("%s recovered after %.1fs", dependency,
                      time.monotonic() - self.since[dependency])
 
+    def probe_succeeded(self, dependency: str) -> None:
+        self.probed.add(dependency)
+        self.recover(dependency, "probe")
+
     def fault(self, dependency: str) -> str | None:
         """The reason of one failing call of `dependency`, or None."""
+        if dependency not in self.probed and not self.failing[dependency]:
+            return f"{dependency}: not reached yet"
         return next(iter(self.failing[dependency].values()), None)
 
     @property
     def ready(self) -> bool:
-        return not any(self.failing.values())
+        return self.probed >= self.failing.keys() and not any(self.failing.values())
 
 
 async def retry_forever(
@@ -172,7 +181,7 @@ class BatchProcessor:
             detail = str(exc) or f"no answer within {PROBE_TIMEOUT_SECONDS:g}s"
             self.health.fail(dependency, "probe", f"probe: {type(exc).__name__}: {detail}")
         else:
-            self.health.recover(dependency, "probe")
+            self.health.probe_succeeded(dependency)
 
     def prepare(self, records: Iterable[Record]) -> Prepared:
         """Decode one batch (CPU only): the worker does this for the next batch while the

@@ -70,6 +70,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 in_flight = asyncio.ensure_future(self._apply(processor, prepared, offsets))
             if in_flight is not None:
                 await in_flight
+        except (asyncio.CancelledError, *self.consumer_stopped_errors):
+            # As Faust's own drain loop: stopping is not a crash (otherwise a worker stopped
+            # after a broker outage, with the rebalancing flag still set, exits with status 1).
+            if self.app.should_stop:
+                return
+            raise
         finally:
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()  # stopping: the uncommitted batch is redelivered, idempotently
