@@ -93,8 +93,9 @@ def test_a_contact_waits_for_its_order_then_expires_after_the_grace(settings: Se
 
 
 def test_pairs_of_values_are_counted_for_orders_and_joined_contacts(settings: Settings) -> None:
+    # the contact at the order's time: both land in the same 5-minute bucket
     run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")],
-                   [contact("k1", "late", "o1")], NOW))
+                   [contact("k1", "late", "o1", t=NOW - 60)], NOW))
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     start = bucket_start(NOW - 60, COARSE_SECONDS)
     pairs = client.hgetall(f"cpo:pb:{COARSE_SECONDS}:{start}")
