@@ -12,10 +12,19 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streams.kafka import kafka_python_config
 from streams.processes import Child
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 from tests.integration import reference
 
 T = TypeVar("T")
+
+
+def dataset_settings(base: Settings, grace: str) -> Settings:
+    """`base` shaped for `reference.generate`'s dataset: its windows, dimensions and label bound,
+    small batches (several per phase), and the given join grace."""
+    return load_settings(
+        {**base.as_env(), "CPO_WINDOWS": reference.WINDOWS, "CPO_JOIN_GRACE": grace,
+         "CPO_MAX_VALUES": str(reference.MAX_VALUES),
+         "CPO_DIMENSIONS": ",".join(reference.DIMENSIONS), "CPO_BATCH_SIZE": "500"})
 
 
 def topic_for(settings: Settings, kind: str) -> str:

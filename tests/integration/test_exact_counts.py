@@ -13,11 +13,12 @@ import redis
 
 from streams.local import free_port
 from streams.processes import Pipeline
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
     count_keys,
+    dataset_settings,
     exported_windows,
     produce,
     summed,
@@ -30,10 +31,7 @@ GRACE = "20s"
 
 @pytest.fixture
 def settings(pipeline_settings: Settings) -> Settings:
-    return load_settings(
-        {**pipeline_settings.as_env(), "CPO_WINDOWS": reference.WINDOWS,
-         "CPO_JOIN_GRACE": GRACE, "CPO_MAX_VALUES": str(reference.MAX_VALUES),
-         "CPO_DIMENSIONS": ",".join(reference.DIMENSIONS), "CPO_BATCH_SIZE": "500"})
+    return dataset_settings(pipeline_settings, GRACE)
 
 
 def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> None:

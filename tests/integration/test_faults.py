@@ -29,11 +29,12 @@ import redis
 
 from streams.local import EmbeddedKafka, EmbeddedRedis, free_port
 from streams.processes import Child, Pipeline
-from streams.settings import Settings, load_settings
+from streams.settings import Settings
 from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
     count_keys,
+    dataset_settings,
     exported_windows,
     produce,
     wait_drained,
@@ -66,10 +67,7 @@ def redis_url(servers: tuple[EmbeddedKafka, EmbeddedRedis]) -> str:
 
 @pytest.fixture
 def settings(pipeline_settings: Settings) -> Settings:
-    return load_settings(
-        {**pipeline_settings.as_env(), "CPO_WINDOWS": reference.WINDOWS,
-         "CPO_JOIN_GRACE": GRACE, "CPO_MAX_VALUES": str(reference.MAX_VALUES),
-         "CPO_DIMENSIONS": ",".join(reference.DIMENSIONS), "CPO_BATCH_SIZE": "500"})
+    return dataset_settings(pipeline_settings, GRACE)
 
 
 def readiness(child: Child) -> int | str:
