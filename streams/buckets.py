@@ -16,11 +16,12 @@ COARSE_SECONDS = 300
 # Coarse buckets outlive the longest window by a week, for week-over-week baselines.
 BASELINE_HISTORY_SECONDS = 8 * 86400
 FINE_HORIZON_MARGIN_SECONDS = 120
+FINE_WINDOW_LIMIT_SECONDS = 3600  # windows shorter than this are summed from fine buckets
 KEY_PREFIX = "cpo:b:"
 
 
 def resolution_for(window_seconds: float) -> int:
-    return FINE_SECONDS if window_seconds < 3600 else COARSE_SECONDS
+    return FINE_SECONDS if window_seconds < FINE_WINDOW_LIMIT_SECONDS else COARSE_SECONDS
 
 
 def bucket_start(t: float, resolution: int) -> int:
@@ -52,7 +53,7 @@ def fine_horizon(window_seconds: list[float]) -> int:
     """How far before now a count still goes to a fine bucket: the longest window read from
     fine buckets, plus a margin for clock skew between workers and the exporter. Older events
     (a backfill, a replay) are written to coarse buckets only, which every such window ignores."""
-    fine_windows = [w for w in window_seconds if w < 3600]
+    fine_windows = _fine_windows(window_seconds)
     return int(max(fine_windows) + FINE_HORIZON_MARGIN_SECONDS) if fine_windows else 0
 
 
@@ -64,7 +65,11 @@ def pair_ttl(window_seconds: list[float]) -> int:
 
 def bucket_ttls(window_seconds: list[float]) -> tuple[int, int]:
     """(fine, coarse) Redis TTLs: long enough for every window that reads them."""
-    fine_windows = [w for w in window_seconds if w < 3600] or [0]
+    fine_windows = _fine_windows(window_seconds) or [0]
     fine_ttl = int(max(fine_windows) + 3600)
     coarse_ttl = int(max(window_seconds) + BASELINE_HISTORY_SECONDS)
     return fine_ttl, coarse_ttl
+
+
+def _fine_windows(window_seconds: list[float]) -> list[float]:
+    return [w for w in window_seconds if resolution_for(w) == FINE_SECONDS]
