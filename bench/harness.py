@@ -59,6 +59,7 @@ from streams.local import EmbeddedKafka, EmbeddedRedis, free_port, with_redis_db
 from streams.processes import Child, Pipeline
 from streams.settings import SETTINGS, Settings, load_settings
 from streams.simulate import SimConfig, encode, generate, record_key, rfc3339
+from streams.state import count_identities, identity_key
 from streams.topics import create_topics
 
 # The data: a flat hourly rate over the last hour, ~0.2 contacts per order (the simulator's
@@ -86,7 +87,7 @@ EXPORTER_TIMEOUT = 30.0
 PROGRESS_EVERY = 2.0
 PRODUCE_CONCURRENCY = 16  # record batches in flight during the preload
 MAX_BATCH_BYTES = 1 << 20
-ORDER_KEY_PREFIX = "cpo:o:"
+ORDER_KEY_PREFIX = "cpo:o:"  # the order identity hashes, cpo:o:<shard>
 # Redis DBs of the two pipeline runs, flushed before use (DB 0 is left alone).
 REDIS_DB_ONE_WORKER, REDIS_DB_TWO_WORKERS = 1, 2
 PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "redis", "hiredis", "orjson",
@@ -530,8 +531,8 @@ def run_pipeline(bench: Bench, data: DataSummary, workers: int, db: int,
 
 class LatencyProbe:
     """Sends events at a fixed rate, each stamped with its send time, and polls Redis for the
-    join state (`cpo:o:<order_id>`, written by the same script call that adds the order to the
-    window counts) of every LATENCY_SAMPLE_EVERY-th order."""
+    join state (field order_id of `cpo:o:<shard>`, written by the same script call that adds
+    the order to the window counts) of every LATENCY_SAMPLE_EVERY-th order."""
 
     def __init__(self, settings: Settings, rate: float, events: list[tuple[str, Any]]) -> None:
         import redis.asyncio as aioredis
@@ -612,14 +613,14 @@ class LatencyProbe:
         self.done_sending = True
 
     async def _poll(self) -> None:
-        """Every LATENCY_POLL_INTERVAL, one pipelined EXISTS per outstanding sample."""
+        """Every LATENCY_POLL_INTERVAL, one pipelined HEXISTS per outstanding sample."""
         drain_until = math.inf
         while (self.outstanding or not self.done_sending) and time.monotonic() < drain_until:
             keys = list(itertools.islice(self.outstanding, LATENCY_POLL_MAX_KEYS))
             if keys:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for order_id in keys:
-                        pipe.exists(ORDER_KEY_PREFIX + order_id)
+                        pipe.hexists(identity_key("o", order_id), order_id)
                     replies = await pipe.execute()
                 seen_at = time.time()
                 for order_id, found in zip(keys, replies, strict=True):
@@ -672,7 +673,8 @@ def redis_memory(client: redis.Redis, empty_used: int) -> RedisMemory:
                 doomed.clear()
     if doomed:
         client.delete(*doomed)
-    return RedisMemory(orders=client.dbsize(), order_state_bytes=used_memory(client) - empty_used,
+    return RedisMemory(orders=count_identities(client, "o"),
+                       order_state_bytes=used_memory(client) - empty_used,
                        all_state_bytes=all_used - empty_used)
 
 

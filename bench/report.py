@@ -89,7 +89,7 @@ class LatencyResult:
 class RedisMemory:
     """INFO used_memory attributable to the orders' join state (`cpo:o:*` keys only)."""
 
-    orders: int  # cpo:o:* keys
+    orders: int  # order identities in the cpo:o:* hashes
     order_state_bytes: int  # used_memory with only those keys left, minus the empty server's
     all_state_bytes: int  # used_memory with every key of the run, minus the empty server's
 

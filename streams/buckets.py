@@ -18,6 +18,7 @@ BASELINE_HISTORY_SECONDS = 8 * 86400
 FINE_HORIZON_MARGIN_SECONDS = 120
 FINE_WINDOW_LIMIT_SECONDS = 3600  # windows shorter than this are summed from fine buckets
 KEY_PREFIX = "cpo:b:"
+PAIR_KEY_PREFIX = "cpo:pb:"  # pairs of attribute values, coarse buckets only
 
 
 def resolution_for(window_seconds: float) -> int:
@@ -30,6 +31,10 @@ def bucket_start(t: float, resolution: int) -> int:
 
 def bucket_key(resolution: int, start: int) -> str:
     return f"{KEY_PREFIX}{resolution}:{start}"
+
+
+def pair_bucket_key(start: int) -> str:
+    return f"{PAIR_KEY_PREFIX}{COARSE_SECONDS}:{start}"
 
 
 def window_bounds(

@@ -24,7 +24,7 @@ from streams.events import ContactEvent, OrderEvent, Rejection, decode_contact, 
 from streams.metrics import WorkerMetrics
 from streams.output import OutputRecord
 from streams.settings import Settings
-from streams.state import BatchResult, Labels, RedisState
+from streams.state import BatchResult, Labels, RedisState, ScriptBatch
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,8 @@ class Prepared:
 
     now: float
     started: float
-    orders: list[OrderEvent] = field(default_factory=list)
-    contacts: list[ContactEvent] = field(default_factory=list)
-    rejected: list[tuple[Record, Rejection]] = field(default_factory=list)
+    script_batch: ScriptBatch
+    rejected: list[tuple[Record, Rejection]]
 
 
 def rfc3339(t: float) -> str:
@@ -186,9 +185,10 @@ class BatchProcessor:
     def prepare(self, records: Iterable[Record]) -> Prepared:
         """Decode one batch (CPU only): the worker does this for the next batch while the
         previous batch's script runs in Redis."""
-        now = time.time()
-        prepared = Prepared(now=now, started=time.perf_counter())
-        orders, contacts, rejected = prepared.orders, prepared.contacts, prepared.rejected
+        now, started = time.time(), time.perf_counter()
+        orders: list[OrderEvent] = []
+        contacts: list[ContactEvent] = []
+        rejected: list[tuple[Record, Rejection]] = []
         orders_topic = self.topics[0]
         for record in records:
             if record.topic == orders_topic:
@@ -201,16 +201,18 @@ class BatchProcessor:
                 rejected.append((record, event))
             else:
                 target.append(event)
-        return prepared
+        return Prepared(now, started, self.state.prepare(orders, contacts, now), rejected)
 
-    async def apply(self, prepared: Prepared) -> None:
-        """Count one decoded batch in Redis and produce its outputs; returns once every effect
-        is durable, so the caller may commit the batch's offsets."""
-        orders, contacts, rejected, now = (prepared.orders, prepared.contacts, prepared.rejected,
-                                           prepared.now)
-        result = await self.redis_call(
-            lambda: self.state.apply_batch(orders, contacts, now), "apply batch")
-        self.metrics.observe_lag(self.topics, orders, contacts, now)
+    async def count(self, prepared: Prepared) -> BatchResult:
+        """Count one decoded batch in Redis (the batch's one script call)."""
+        batch = prepared.script_batch
+        return await self.redis_call(lambda: self.state.apply(batch), "apply batch")
+
+    async def output(self, prepared: Prepared, result: BatchResult) -> None:
+        """The counted batch's metrics, output and DLQ records; returns once Kafka has them,
+        so the caller may commit the batch's offsets."""
+        batch, rejected = prepared.script_batch, prepared.rejected
+        self.metrics.observe_lag(self.topics, batch.orders, batch.contacts, batch.now)
         await self.emit(result)
         for record, rejection in rejected:
             self.metrics.rejected.labels(record.topic, rejection.reason).inc()
@@ -220,10 +222,6 @@ class BatchProcessor:
                                   "produce to DLQ")
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - prepared.started)
-
-    async def process(self, records: Iterable[Record]) -> None:
-        """Decode, count and output one batch."""
-        await self.apply(self.prepare(records))
 
     async def expire_pending(self) -> None:
         """Count contacts whose join grace has passed; any worker may run it at any time."""

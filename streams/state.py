@@ -2,28 +2,58 @@
 bounded label registries and event-time buckets.
 
 All changes go through one Lua script (`lua/state.lua`), one call per batch, so a batch is
-applied atomically and a replayed batch changes nothing. This module builds the script's
-arguments, parses its reply and reads the label registries; it holds no state of its own
-beyond a cache of those registries.
+applied atomically and a replayed batch changes nothing. This module counts the batch's orders
+(`streams.tally`), builds the script's arguments, parses its reply and reads the label
+registries; it holds no state of its own beyond a cache of those registries.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
+import redis
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon, pair_ttl
 from streams.events import ContactEvent, OrderEvent
 from streams.settings import Settings
+from streams.tally import ABSENT, OrderTally, Tally
 
 SCRIPT = (Path(__file__).parent / "lua" / "state.lua").read_text()
 OTHER = "other"
 OUTBOX = "cpo:outbox"
 UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
+# Identities live in this many small hashes per kind (`cpo:o:<shard>`, `cpo:c:<shard>`). Part of
+# the data layout: changing it orphans every stored identity.
+IDENTITY_SHARDS = 16384
+# Every identity shard is swept once this often: an identity outlives its retention by at most
+# this much.
+SWEEP_SECONDS = 3600
+
+
+def shard_of(identity: str) -> int:
+    return zlib.crc32(identity.encode()) % IDENTITY_SHARDS
+
+
+def identity_key(kind: str, identity: str) -> str:
+    """The hash holding an order ("o") or contact ("c") identity, as a field named after it."""
+    return f"cpo:{kind}:{shard_of(identity)}"
+
+
+def count_identities(client: redis.Redis, kind: str) -> int:
+    """Order ("o") or contact ("c") identities stored: a scan, for tests and the benchmark."""
+    keys = list(client.scan_iter(match=f"cpo:{kind}:*", count=1000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hlen(key)
+        return sum(pipe.execute())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,59 +121,197 @@ def connect(settings: Settings) -> aioredis.Redis:
     )
 
 
+class Registry:
+    """The worker's copy of the registry ids it has used. Ids never change while the registries'
+    epoch stays the same, so the copy only grows; a new epoch discards it."""
+
+    def __init__(self, epoch: str, dim_ids: list[int], dimensions: tuple[str, ...],
+                 max_values: int, tally: OrderTally) -> None:
+        self.epoch = epoch
+        # One column per dimension, in ascending dimension id (the order of pairs in fields).
+        order = sorted(range(len(dimensions)), key=lambda i: dim_ids[i])
+        self.columns = {dimensions[i]: column for column, i in enumerate(order)}
+        # (dimension, value -> id): an absent or empty value maps to ABSENT, `other` to 0.
+        self.lookups = [(dimensions[i], {None: ABSENT, "": ABSENT, OTHER: 0}) for i in order]
+        self._pair_texts = [[f",{dim_ids[i]}:{v}" for v in range(max_values)] for i in order]
+        self.texts: dict[tuple[int, ...], str] = {}  # row of ids -> ",d:v,d:v" (cache)
+        self.tally = tally
+
+    def known(self, dimension: str, value: str) -> bool:
+        return value in self.lookups[self.columns[dimension]][1]
+
+    def learn(self, dimension: str, value: str, value_id: int) -> None:
+        self.lookups[self.columns[dimension]][1][value] = value_id
+
+    def text(self, row: tuple[int, ...]) -> str:
+        """The ",d:v,..." part of an order record for a row of value ids."""
+        if len(self.texts) > 100_000:  # bounded: rows are mostly repeated, rarely unique
+            self.texts.clear()
+        text = self.texts[row] = "".join(
+            [texts[v] for texts, v in zip(self._pair_texts, row) if v != ABSENT])
+        return text
+
+
+@dataclass
+class ScriptBatch:
+    """A batch ready for the script: its orders counted in the worker, its arguments packed.
+
+    `prepare` does this for the next batch while the previous one runs in Redis; orders with a
+    value the worker has no registry id for yet are encoded in `apply`, after registering it.
+    """
+
+    now: float
+    orders: list[OrderEvent]  # first occurrence of each order_id in the batch
+    contacts: list[ContactEvent]
+    batch_duplicates: int  # later occurrences of an order_id in the batch
+    contacts_arg: bytes
+    orders_arg: bytes | None = None  # None: some value needs registering first
+    tally: Tally | None = None
+
+
+class StaleRegistry(Exception):
+    """The registries were reset (Redis flushed or restored): cached ids mean nothing now."""
+
+
 class RedisState:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.script = client.register_script(SCRIPT)
         self.dimensions = settings.dimensions
-        self._dim_index = {name: i + 1 for i, name in enumerate(settings.dimensions)}
         windows = list(settings.window_seconds().values())
         fine_ttl, coarse_ttl = bucket_ttls(windows)
+        self._fine_horizon = fine_horizon(windows)
+        self._ttls = (fine_ttl, coarse_ttl, pair_ttl(windows))
         self._common = [str(FINE_SECONDS), str(COARSE_SECONDS), str(fine_ttl), str(coarse_ttl),
-                        str(fine_horizon(windows)),
+                        str(self._fine_horizon),
                         str(pair_ttl(windows) if settings.rca_pairs else 0)]
-        self._batch_head = [
-            str(int(settings.join_grace)),
-            str(int(settings.order_retention)),
-            str(int(settings.contact_retention)),
-            str(settings.max_causes),
-            str(settings.max_values),
-            str(len(settings.dimensions)),
-            *settings.dimensions,
-        ]
+        self._expire_tail = [str(int(settings.order_retention)),
+                             str(int(settings.contact_retention)),
+                             str(IDENTITY_SHARDS), str(SWEEP_SECONDS)]
+        self._registry: Registry | None = None
         self._labels = Labels()
 
-    def batch_args(
-        self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float
-    ) -> list[str | bytes]:
-        """The script's arguments; the events travel as one JSON array (cheap to pack here and
-        to decode in Lua, unlike thousands of separate arguments)."""
-        events: list = [len(orders)]
-        dim_index = self._dim_index
+    def prepare(self, orders: list[OrderEvent], contacts: list[ContactEvent],
+                now: float) -> ScriptBatch:
+        """Everything the batch needs before Redis, CPU only."""
+        unique: dict[str, OrderEvent] = {}
         for order in orders:
-            # An empty value counts as the attribute being absent: an empty label value is a
-            # missing label to Prometheus.
-            tracked = [(dim_index[k], v) for k, v in order.attributes.items()
-                       if v and k in dim_index]
-            events += (order.order_id, order.occurred_at, len(tracked))
-            for pair in tracked:
-                events += pair
-        events.append(len(contacts))
+            unique.setdefault(order.order_id, order)
+        flat: list = []
         for contact in contacts:
-            events += (contact.contact_id, repr(contact.occurred_at), contact.cause,
-                       contact.order_id or "")
-        return ["batch", repr(now), *self._common, *self._batch_head, orjson.dumps(events)]
+            order_id = contact.order_id or ""
+            flat += (contact.contact_id, shard_of(contact.contact_id), repr(contact.occurred_at),
+                     contact.cause, order_id, shard_of(order_id) if order_id else "")
+        batch = ScriptBatch(now, list(unique.values()), contacts, len(orders) - len(unique),
+                            orjson.dumps(flat))
+        if self._registry is not None and batch.orders:
+            self._encode(batch, self._registry)
+        return batch
+
+    async def apply(self, batch: ScriptBatch) -> BatchResult:
+        """Count the batch's new orders and contacts, join, and park contacts whose order is
+        not here yet. Registers new label values first, and starts over if the registries were
+        reset meanwhile (the script then changed nothing)."""
+        while True:
+            registry = self._registry
+            if registry is None or (batch.orders and batch.orders_arg is None):
+                registry = self._registry = await self._register(batch.orders, registry)
+                if batch.orders:
+                    self._encode(batch, registry, provisional=True)
+            try:
+                reply = await self.script(args=self._batch_args(batch, registry.epoch))
+            except ResponseError as exc:
+                if not str(exc).startswith("STALE_REGISTRY"):
+                    raise
+                self._registry, batch.orders_arg = None, None
+                continue
+            return self._merge(self._parse(reply), batch)
 
     async def apply_batch(
         self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float
     ) -> BatchResult:
-        """Count new orders and contacts, join, and park contacts whose order is not here yet."""
-        return self._parse(await self.script(args=self.batch_args(orders, contacts, now)))
+        """`prepare` and `apply` in one go."""
+        return await self.apply(self.prepare(orders, contacts, now))
+
+    def _batch_args(self, batch: ScriptBatch, epoch: str) -> list[str | bytes]:
+        tally = batch.tally.script_arg() if batch.tally else []
+        return ["batch", repr(batch.now), *self._common, str(int(self.settings.join_grace)),
+                str(self.settings.max_causes), epoch, batch.orders_arg or b"[]",
+                batch.contacts_arg, orjson.dumps(tally)]
+
+    def _encode(self, batch: ScriptBatch, registry: Registry, provisional: bool = False) -> None:
+        """Records and counts of the batch's orders, or nothing if a value has no id yet.
+
+        With `provisional`, a value still without an id is counted as `other`: only the values
+        of already-known orders are left unregistered, and the script takes those back.
+        """
+        lookups, texts = registry.lookups, registry.texts
+        arrival = int(batch.now)
+        flat: list = []
+        times: list[int] = []
+        rows: list[int] = []
+        for order in batch.orders:
+            get = order.attributes.get
+            row = [ids.get(get(name)) for name, ids in lookups]
+            if None in row:
+                if not provisional:
+                    return
+                row = [0 if v is None else v for v in row]
+            key = tuple(row)
+            text = texts.get(key)
+            if text is None:
+                text = registry.text(key)
+            t = math.floor(order.occurred_at)
+            flat += (order.order_id, shard_of(order.order_id), f"0{arrival},{t}{text}")
+            times.append(t)
+            rows += row
+        batch.orders_arg = orjson.dumps(flat)
+        batch.tally = registry.tally.count(
+            np.array(times, dtype=np.int64),
+            np.array(rows, dtype=np.int64).reshape(len(times), len(lookups)), batch.now)
+
+    def register_args(self, orders: list[OrderEvent], known: Registry | None) -> list:
+        """The script's arguments registering the values `known` lacks, order by order (the
+        script skips the values of orders that are duplicates: they take no label slot)."""
+        dims = self.dimensions
+        index = {name: i for i, name in enumerate(dims)}
+        new: list = []
+        for order in orders:
+            for name, value in order.attributes.items():
+                i = index.get(name)
+                if i is not None and value and (known is None or not known.known(name, value)):
+                    new += (order.order_id, shard_of(order.order_id), i + 1, value)
+        return ["register", "0", *self._common, str(self.settings.max_values), str(len(dims)),
+                *dims, orjson.dumps(new)]
+
+    async def _register(self, orders: list[OrderEvent], known: Registry | None) -> Registry:
+        """Register the values the cache lacks; returns the cache, with their ids."""
+        dims = self.dimensions
+        epoch, dim_ids, flat = await self.script(args=self.register_args(orders, known))
+        registry = known if known is not None and known.epoch == epoch else Registry(
+            epoch, [int(d) for d in dim_ids], dims, self.settings.max_values,
+            OrderTally(sorted(int(d) for d in dim_ids), self.settings.max_values,
+                       self._fine_horizon, self._ttls, self.settings.rca_pairs))
+        for i in range(0, len(flat), 3):
+            registry.learn(dims[int(flat[i]) - 1], str(flat[i + 1]), int(flat[i + 2]))
+        return registry
+
+    @staticmethod
+    def _merge(result: BatchResult, batch: ScriptBatch) -> BatchResult:
+        """The script's totals plus the worker's order counts; fields that net to 0 dropped."""
+        totals = dict(batch.tally.totals) if batch.tally else {}
+        for name, n in result.totals.items():
+            totals[name] = totals.get(name, 0) + n
+        if batch.batch_duplicates:
+            totals["do"] = totals.get("do", 0) + batch.batch_duplicates
+        result.totals = {name: n for name, n in totals.items() if n}
+        return result
 
     async def expire_pending(self, now: float, limit: int = 5000) -> BatchResult:
         """Turn contacts whose join grace has passed into `order_not_found`; safe on any worker."""
-        return self._parse(await self.script(args=["expire", repr(now), *self._common, str(limit)]))
+        return self._parse(await self.script(
+            args=["expire", repr(now), *self._common, str(limit), *self._expire_tail]))
 
     async def outbox_done(self, ids: list[str]) -> None:
         """Forget output records that Kafka has acknowledged."""

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from streams.buckets import COARSE_SECONDS, window_bounds, window_keys
+from streams.buckets import COARSE_SECONDS, pair_bucket_key, window_bounds, window_keys
 from streams.state import Labels, read_labels
 
 ALL = "all"
-PAIR_KEY_PREFIX = "cpo:pb:"
 
 PairKey = tuple[str, str, str, str]
 """(dimension, value, dimension, value), the two dimensions in registry id order (the order of
@@ -93,7 +92,7 @@ def _pair(ids: list[int], labels: Labels) -> PairKey:
 def pair_keys(now: float, window_seconds: float) -> list[str]:
     """Pair bucket keys of the window ending at `now`: the same starts as its coarse buckets."""
     start, end = window_bounds(now, window_seconds, COARSE_SECONDS)
-    return [f"{PAIR_KEY_PREFIX}{COARSE_SECONDS}:{s}" for s in range(start, end, COARSE_SECONDS)]
+    return [pair_bucket_key(s) for s in range(start, end, COARSE_SECONDS)]
 
 
 async def read_hashes(client: aioredis.Redis, keys: list[str]) -> dict[str, dict[str, str]]:

@@ -7,8 +7,12 @@
 -- workers. Keys are computed here, so this needs a single Redis (not Redis Cluster).
 --
 -- Keys (prefix cpo:):
---   o:<order_id>     string  <contacted 0|1><order time, s>[,<dim id>:<value id>...]  TTL order
---   c:<contact_id>   string  "1" (dedup identity)                                    TTL contact
+--   o:<shard>        hash    order_id -> <contacted 0|1><arrival, s>,<order time, s>[,<d>:<v>...]
+--   c:<shard>        hash    contact_id -> <arrival, s> (dedup identity)
+--                            Shard = crc32(id) mod the shard count (the worker computes it).
+--                            Small hashes are listpacks, far smaller than a key per id; the
+--                            sweep deletes entries older than their retention (arrival time).
+--   sweep            hash    next: next shard to sweep, at: when it was due
 --   pq               zset    contact_id -> join deadline (wall clock)
 --   pc               hash    contact_id -> "<cause id> <contact time> <order_id>"
 --   po:<order_id>    set     contact_ids waiting for that order
@@ -16,28 +20,39 @@
 --   reg:cause        hash    cause -> id (1..max-1; 0 is "other")
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
+--   reg:epoch        string  made with the registries; workers cache registry ids under it
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
 --   pb:<res>:<start> hash    pairs of attribute values (coarse only): p:<d>:<v>:<d>:<v>,
---                            q:<c>:<d>:<v>:<d>:<v>
+--                            q:<c>:<d>:<v>:<d>:<v>, lower dimension id first
 --   outbox           stream  one entry per call holding its output records (JSON), until
 --                            Kafka has them: the worker deletes the entry after the produce
 --                            is acknowledged; entries left by a crashed worker are produced
 --                            again by any worker
 --
--- ARGV: mode ("batch" | "expire"), now, fine res, coarse res, fine ttl, coarse ttl,
---   fine horizon (seconds before now beyond which fine buckets are not written),
+-- Orders are counted by the worker (streams/tally.py) as if every order of the batch were
+-- new; this script records their identities and takes back the counts of each order that
+-- turns out to be a duplicate. Contacts are counted here, since their counts need the join.
+--
+-- ARGV: mode ("register" | "batch" | "expire"), now, fine res, coarse res, fine ttl,
+--   coarse ttl, fine horizon (seconds before now beyond which fine buckets are not written),
 --   pair ttl (0: pairs off), then
---   batch:  grace, order ttl, contact ttl, max causes, max values, n dims, dim names...,
---           events as one JSON array (see apply_batch)
---   expire: limit
--- Returns { totals, attributed, unattributed, pending, outbox id or "" }:
---   totals       flat field, count pairs summed over the call (resolution independent), plus
---                "do" / "dc" for duplicate orders / contacts
+--   register: max values, n dims, dim names..., JSON [order_id, shard, dim index, value, ...]
+--             Registers the values of orders not already known (a duplicate takes no label
+--             slot). Returns { epoch, dim ids, flat (dim index, value, value id) }.
+--   batch:    grace, max causes, registry epoch, JSON orders [order_id, shard, record, ...],
+--             JSON contacts [contact_id, shard, time text, cause, order_id or "",
+--             order shard or "", ...], JSON order counts [key, ttl, n, field, count, ...]
+--             Fails with STALE_REGISTRY, changing nothing, if the epoch is not the registries'.
+--   expire:   limit, order retention, contact retention, shards, sweep seconds
+-- batch and expire return { totals, attributed, unattributed, pending, outbox id or "" }:
+--   totals       flat field, count pairs of what this call counted, summed over coarse buckets
+--                (the worker adds its order counts), plus "do" / "dc" for duplicate orders /
+--                contacts
 --   attributed   flat (contact_id, cause id, order_id, order time, contact time, "d:v,d:v")
 --   unattributed flat (contact_id, cause id, reason "n" | "f", contact time)
+--   pending      contacts that started waiting for their order in this call
 -- Hot path: field names are built once per call and cached, and every count goes to a
 -- per-bucket Lua table first, so Redis sees one HINCRBY per distinct field and bucket.
---   pending      contacts that started waiting for their order in this call
 
 local mode = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -54,6 +69,8 @@ local attributed = {}
 local unattributed = {}
 local pending = 0
 local floor = math.floor
+local arrival = string.format('%d', now)
+local MAX_SWEEP_SHARDS = 256  -- per call: a sweep that fell behind catches up over calls
 
 -- t[k], created empty on first use.
 local function table_at(t, k)
@@ -77,27 +94,27 @@ end
 -- Counts per pair of attribute values (root-cause drill-down), in coarse buckets of their own:
 -- 'p:<d>:<v>:<d>:<v>' for orders, 'q:<cause>:<d>:<v>:<d>:<v>' for joined contacts.
 local pair_field_cache = {}
-local function add_pairs(t, prefix, pairs_)
+local function add_pairs(t, prefix, pairs_, n)
   local counts = table_at(pair_buckets, floor(t / coarse_res) * coarse_res)
   local cache = table_at(pair_field_cache, prefix)
-  local n = #pairs_
-  for a = 1, n - 1 do
+  local size = #pairs_
+  for a = 1, size - 1 do
     local first = pairs_[a]
     local by_first = table_at(cache, first)
-    for b = a + 1, n do
+    for b = a + 1, size do
       local name = by_first[pairs_[b]]
       if not name then
         name = prefix .. first .. ':' .. pairs_[b]
         by_first[pairs_[b]] = name
       end
-      counts[name] = (counts[name] or 0) + 1
+      counts[name] = (counts[name] or 0) + n
     end
   end
 end
 
-local function add(fine, coarse, field)
-  fine[field] = (fine[field] or 0) + 1
-  coarse[field] = (coarse[field] or 0) + 1
+local function add(fine, coarse, field, n)
+  fine[field] = (fine[field] or 0) + n
+  coarse[field] = (coarse[field] or 0) + n
 end
 
 -- Cached field names: 'a:<cause>:<d>:<v>' per cause and pair, 'c:<cause>', 'u:<cause>:<r>'.
@@ -112,20 +129,35 @@ local function field(prefix, cause, suffix)
   return name
 end
 
--- Attribute a contact to its order record; returns the record with the contacted flag set.
-local function attribute(contact_id, cause, t, t_text, order_id, record)
-  local fine, coarse = buckets(t)
-  local order_time, attrs = string.match(record, '^.(%-?%d+),?(.*)$')
+-- An order record's event time and its 'd:v' pairs.
+local function parse_order(record)
+  local order_time, attrs = string.match(record, '^.%d+,(%-?%d+),?(.*)$')
   local pairs_ = {}
-  for pair in string.gmatch(attrs, '[^,]+') do
-    add(fine, coarse, field('a:', cause, ':' .. pair))
-    pairs_[#pairs_ + 1] = pair
-  end
-  if pair_ttl > 0 then add_pairs(t, 'q:' .. cause .. ':', pairs_) end
+  for pair in string.gmatch(attrs, '[^,]+') do pairs_[#pairs_ + 1] = pair end
+  return order_time, attrs, pairs_
+end
+
+-- Take back the worker's counts of an order that was already known.
+local function uncount_order(record)
+  local order_time, _, pairs_ = parse_order(record)
+  local t = tonumber(order_time)
+  local fine, coarse = buckets(t)
+  add(fine, coarse, 'o', -1)
+  for _, pair in ipairs(pairs_) do add(fine, coarse, 'o:' .. pair, -1) end
+  if pair_ttl > 0 then add_pairs(t, 'p:', pairs_, -1) end
+end
+
+-- Attribute a contact to its order record (stored at key, field order_id); returns the record
+-- with the contacted flag set.
+local function attribute(contact_id, cause, t, t_text, order_id, key, record)
+  local fine, coarse = buckets(t)
+  local order_time, attrs, pairs_ = parse_order(record)
+  for _, pair in ipairs(pairs_) do add(fine, coarse, field('a:', cause, ':' .. pair), 1) end
+  if pair_ttl > 0 then add_pairs(t, 'q:' .. cause .. ':', pairs_, 1) end
   if string.sub(record, 1, 1) == '0' then
     record = '1' .. string.sub(record, 2)
-    redis.call('SET', 'cpo:o:' .. order_id, record, 'KEEPTTL')
-    add(fine, coarse, 'oc')
+    redis.call('HSET', key, order_id, record)
+    add(fine, coarse, 'oc', 1)
   end
   local n = #attributed
   attributed[n + 1] = contact_id
@@ -139,7 +171,7 @@ end
 
 local function unattribute(contact_id, cause, t, t_text, reason)
   local fine, coarse = buckets(t)
-  add(fine, coarse, field('u:', cause, ':' .. reason))
+  add(fine, coarse, field('u:', cause, ':' .. reason), 1)
   local n = #unattributed
   unattributed[n + 1] = contact_id
   unattributed[n + 2] = cause
@@ -169,75 +201,54 @@ local function registry_id(key, name, max)
   return id
 end
 
-local function apply_batch()
-  local grace = tonumber(ARGV[9])
-  local order_ttl, contact_ttl = tonumber(ARGV[10]), tonumber(ARGV[11])
-  local max_causes, max_values = tonumber(ARGV[12]), tonumber(ARGV[13])
-  local n_dims = tonumber(ARGV[14])
+local function register()
+  local max_values, n_dims = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local epoch = redis.call('GET', 'cpo:reg:epoch')
+  if not epoch then
+    local time = redis.call('TIME')
+    epoch = time[1] .. '.' .. time[2]
+    redis.call('SET', 'cpo:reg:epoch', epoch)
+  end
   local dim_ids = {}
-  for d = 1, n_dims do
-    dim_ids[d] = registry_id('cpo:reg:dim', ARGV[14 + d], 1e9)
-  end
-  -- The events, as one JSON array: n orders, (order_id, time, n attrs, (dim index, value)...)...,
-  -- n contacts, (contact_id, time text, cause, order_id or "")...
-  local A = cjson.decode(ARGV[15 + n_dims])
-  local i = 1
-
-  -- (dimension index, value) -> 'd:v' with registry ids, and 'd:v' -> 'o:d:v', built once.
-  local pair_cache, order_field = {}, {}
-  local function pair_of(dim_index, value)
-    local by_value = table_at(pair_cache, dim_index)
-    local pair = by_value[value]
-    if not pair then
-      local dim = dim_ids[tonumber(dim_index)]
-      local value_id = 0
-      if value ~= 'other' then
-        value_id = registry_id('cpo:reg:v:' .. dim, value, max_values)
-      end
-      pair = dim .. ':' .. value_id
-      by_value[value] = pair
-      order_field[pair] = 'o:' .. pair
+  for d = 1, n_dims do dim_ids[d] = registry_id('cpo:reg:dim', ARGV[10 + d], 1e9) end
+  local A = cjson.decode(ARGV[11 + n_dims])
+  local ids = {}
+  for i = 1, #A, 4 do
+    if redis.call('HEXISTS', 'cpo:o:' .. A[i + 1], A[i]) == 0 then
+      local dim = dim_ids[tonumber(A[i + 2])]
+      local n = #ids
+      ids[n + 1] = A[i + 2]
+      ids[n + 2] = A[i + 3]
+      ids[n + 3] = registry_id('cpo:reg:v:' .. dim, A[i + 3], max_values)
     end
-    return pair
   end
+  return { epoch, dim_ids, ids }
+end
 
-  local n_orders = tonumber(A[i]); i = i + 1
+local function apply_batch()
+  local grace, max_causes = tonumber(ARGV[9]), tonumber(ARGV[10])
+  if redis.call('GET', 'cpo:reg:epoch') ~= ARGV[11] then
+    return false
+  end
+  local O, C = cjson.decode(ARGV[12]), cjson.decode(ARGV[13])
+
   local waiting = {}
-  if n_orders > 0 and redis.call('EXISTS', 'cpo:pending_orders') == 1 then
-    local ids, j = {}, i
-    for k = 1, n_orders do
-      ids[k] = A[j]
-      j = j + 3 + 2 * tonumber(A[j + 2])
-    end
+  if #O > 0 and redis.call('EXISTS', 'cpo:pending_orders') == 1 then
+    local ids = {}
+    for i = 1, #O, 3 do ids[#ids + 1] = O[i] end
     waiting = redis.call('SMISMEMBER', 'cpo:pending_orders', unpack(ids))
   end
-  for k = 1, n_orders do
-    local order_id, t = A[i], tonumber(A[i + 1])
-    local n_attrs = tonumber(A[i + 2])
-    local first_attr = i + 3
-    i = first_attr + 2 * n_attrs
-    local key = 'cpo:o:' .. order_id
-    -- The identity first: a duplicate's attributes are ignored, so they take no label slot.
-    if redis.call('EXISTS', key) == 0 then
-      local pairs_ = {}
-      for a = 1, n_attrs do
-        local at = first_attr + 2 * (a - 1)
-        pairs_[a] = pair_of(A[at], A[at + 1])
-      end
-      local record = '0' .. string.format('%d', floor(t))
-      if n_attrs > 0 then record = record .. ',' .. table.concat(pairs_, ',') end
-      redis.call('SET', key, record, 'EX', order_ttl)
-      local fine, coarse = buckets(t)
-      add(fine, coarse, 'o')
-      for a = 1, n_attrs do add(fine, coarse, order_field[pairs_[a]]) end
-      if pair_ttl > 0 then add_pairs(t, 'p:', pairs_) end
-      if waiting[k] == 1 then
+  for i = 1, #O, 3 do
+    local order_id, key, record = O[i], 'cpo:o:' .. O[i + 1], O[i + 2]
+    if redis.call('HSETNX', key, order_id, record) == 1 then
+      if waiting[(i + 2) / 3] == 1 then
         local waiting_key = 'cpo:po:' .. order_id
         for _, contact_id in ipairs(redis.call('SMEMBERS', waiting_key)) do
           local entry = redis.call('HGET', 'cpo:pc', contact_id)
           if entry then
             local cause, ct_text = string.match(entry, '^(%d+) (%S+) ')
-            record = attribute(contact_id, cause, tonumber(ct_text), ct_text, order_id, record)
+            record = attribute(contact_id, cause, tonumber(ct_text), ct_text, order_id, key,
+                               record)
             redis.call('HDEL', 'cpo:pc', contact_id)
             redis.call('ZREM', 'cpo:pq', contact_id)
           end
@@ -247,27 +258,27 @@ local function apply_batch()
       end
     else
       duplicates['do'] = (duplicates['do'] or 0) + 1
+      uncount_order(record)
     end
   end
 
-  local n_contacts = tonumber(A[i]); i = i + 1
-  for _ = 1, n_contacts do
-    local contact_id, t_text, cause_name, order_id = A[i], A[i + 1], A[i + 2], A[i + 3]
+  for i = 1, #C, 6 do
+    local contact_id, t_text, cause_name, order_id = C[i], C[i + 2], C[i + 3], C[i + 4]
     local t = tonumber(t_text)
-    i = i + 4
-    if redis.call('SET', 'cpo:c:' .. contact_id, '1', 'NX', 'EX', contact_ttl) then
+    if redis.call('HSETNX', 'cpo:c:' .. C[i + 1], contact_id, arrival) == 1 then
       local cause = 0
       if cause_name ~= 'other' and cause_name ~= 'all' then
         cause = registry_id('cpo:reg:cause', cause_name, max_causes)
       end
       local fine, coarse = buckets(t)
-      add(fine, coarse, field('c:', cause, ''))
+      add(fine, coarse, field('c:', cause, ''), 1)
       if order_id == '' then
         unattribute(contact_id, cause, t, t_text, 'n')
       else
-        local record = redis.call('GET', 'cpo:o:' .. order_id)
+        local key = 'cpo:o:' .. C[i + 5]
+        local record = redis.call('HGET', key, order_id)
         if record then
-          attribute(contact_id, cause, t, t_text, order_id, record)
+          attribute(contact_id, cause, t, t_text, order_id, key, record)
         else
           redis.call('ZADD', 'cpo:pq', now + grace, contact_id)
           redis.call('HSET', 'cpo:pc', contact_id, cause .. ' ' .. t_text .. ' ' .. order_id)
@@ -280,11 +291,59 @@ local function apply_batch()
       duplicates['dc'] = (duplicates['dc'] or 0) + 1
     end
   end
+
+  -- The worker's order counts, before the script's own (which may take some back).
+  local D = cjson.decode(ARGV[14])
+  local i = 1
+  while i <= #D do
+    local key, ttl, n = D[i], D[i + 1], D[i + 2]
+    for j = i + 3, i + 2 + 2 * n, 2 do redis.call('HINCRBY', key, D[j], D[j + 1]) end
+    redis.call('EXPIRE', key, ttl)
+    i = i + 3 + 2 * n
+  end
+  return true
+end
+
+-- Forget the identities of one shard that arrived before the cutoff.
+local function forget_before(key, cutoff, pattern)
+  local entries = redis.call('HGETALL', key)
+  local old = {}
+  for i = 1, #entries, 2 do
+    if tonumber(string.match(entries[i + 1], pattern)) < cutoff then
+      old[#old + 1] = entries[i]
+      if #old == 1000 then
+        redis.call('HDEL', key, unpack(old))
+        old = {}
+      end
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+end
+
+-- Every shard of the identity hashes is swept once per sweep period, a few shards per call,
+-- whichever worker calls: an identity is kept from its retention to its retention + the period.
+local function sweep(order_retention, contact_retention, shards, period)
+  local state = redis.call('HMGET', 'cpo:sweep', 'next', 'at')
+  local next_shard, at = tonumber(state[1]), tonumber(state[2])
+  if not at then
+    redis.call('HSET', 'cpo:sweep', 'next', 0, 'at', now)
+    return
+  end
+  local due = math.min(floor((now - at) / period * shards), MAX_SWEEP_SHARDS)
+  if due < 1 then return end
+  for s = next_shard, next_shard + due - 1 do
+    local shard = s % shards
+    forget_before('cpo:o:' .. shard, now - order_retention, '^.(%d+)')
+    forget_before('cpo:c:' .. shard, now - contact_retention, '^(%d+)')
+  end
+  redis.call('HSET', 'cpo:sweep', 'next', (next_shard + due) % shards,
+             'at', string.format('%.3f', at + due * period / shards))
 end
 
 -- Contacts whose join grace has passed are counted as unattributed (order_not_found).
 local function expire_pending()
   local limit = tonumber(ARGV[9])
+  sweep(tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
   for _, contact_id in ipairs(due) do
     local entry = redis.call('HGET', 'cpo:pc', contact_id)
@@ -302,33 +361,38 @@ local function expire_pending()
   end
 end
 
-if mode == 'batch' then
-  apply_batch()
+if mode == 'register' then
+  return register()
+elseif mode == 'batch' then
+  if not apply_batch() then
+    return redis.error_reply('STALE_REGISTRY the label registries were reset')
+  end
 elseif mode == 'expire' then
   expire_pending()
 else
   return redis.error_reply('unknown mode ' .. tostring(mode))
 end
 
--- Every count is in exactly one coarse bucket, so their sum is the call's total.
+-- Every count is in exactly one coarse bucket, so their sum is the call's total. A count
+-- taken back to zero is deleted: a duplicate leaves no trace.
 local totals = duplicates
-local function flush(tables, res, ttl, sum)
+local function flush(tables, prefix, ttl, sum)
   for start, fields in pairs(tables) do
-    local key = 'cpo:b:' .. res .. ':' .. string.format('%d', start)
+    local key = prefix .. string.format('%d', start)
     for name, n in pairs(fields) do
-      redis.call('HINCRBY', key, name, n)
+      if n > 0 then
+        redis.call('HINCRBY', key, name, n)
+      elseif n < 0 and redis.call('HINCRBY', key, name, n) == 0 then
+        redis.call('HDEL', key, name)
+      end
       if sum then totals[name] = (totals[name] or 0) + n end
     end
     redis.call('EXPIRE', key, ttl)
   end
 end
-flush(fine_buckets, fine_res, fine_ttl, false)
-flush(coarse_buckets, coarse_res, coarse_ttl, true)
-for start, fields in pairs(pair_buckets) do
-  local key = 'cpo:pb:' .. coarse_res .. ':' .. string.format('%d', start)
-  for name, n in pairs(fields) do redis.call('HINCRBY', key, name, n) end
-  redis.call('EXPIRE', key, pair_ttl)
-end
+flush(fine_buckets, 'cpo:b:' .. fine_res .. ':', fine_ttl, false)
+flush(coarse_buckets, 'cpo:b:' .. coarse_res .. ':', coarse_ttl, true)
+flush(pair_buckets, 'cpo:pb:' .. coarse_res .. ':', pair_ttl, false)
 
 local outbox_id = ''
 if #attributed > 0 or #unattributed > 0 then
@@ -338,7 +402,9 @@ end
 
 local flat_totals = {}
 for name, n in pairs(totals) do
-  flat_totals[#flat_totals + 1] = name
-  flat_totals[#flat_totals + 1] = tostring(n)
+  if n ~= 0 then
+    flat_totals[#flat_totals + 1] = name
+    flat_totals[#flat_totals + 1] = tostring(n)
+  end
 end
 return { flat_totals, attributed, unattributed, pending, outbox_id }

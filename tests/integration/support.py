@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from streams.kafka import kafka_python_config
 from streams.processes import Child
 from streams.settings import Settings, load_settings
+from streams.state import count_identities
 from tests.integration import reference
 
 T = TypeVar("T")
@@ -96,15 +97,11 @@ def wait_for(get: Callable[[], T], expected: T, timeout: float, what: str) -> No
                              f"last {seen[0]!r}, expected {expected!r}") from None
 
 
-def count_keys(client: redis.Redis, pattern: str) -> int:
-    return sum(1 for _ in client.scan_iter(match=pattern, count=5000))
-
-
 def wait_drained(client: redis.Redis, data: reference.Dataset, timeout: float) -> None:
     """Every order and contact of `data` counted, no contact waiting, the outbox empty."""
-    wait_for(lambda: count_keys(client, "cpo:o:*"), len(data.orders), timeout,
+    wait_for(lambda: count_identities(client, "o"), len(data.orders), timeout,
              f"{len(data.orders)} orders in Redis")
-    wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), timeout,
+    wait_for(lambda: count_identities(client, "c"), len(data.contacts), timeout,
              f"{len(data.contacts)} contacts in Redis")
     wait_for(lambda: client.zcard("cpo:pq"), 0, timeout, "no contact waiting for its order")
     wait_for(lambda: client.xlen("cpo:outbox"), 0, timeout, "an empty outbox")

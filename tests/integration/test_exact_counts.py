@@ -14,10 +14,10 @@ import redis
 from streams.local import free_port
 from streams.processes import Pipeline
 from streams.settings import Settings
+from streams.state import count_identities
 from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
-    count_keys,
     dataset_settings,
     exported_windows,
     produce,
@@ -52,20 +52,20 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
         producer = threading.Thread(target=produce, args=(settings, data.orders_phase, 0.5))
         producer.start()
         if kill_mid_stream:
-            wait_until(lambda: count_keys(client, "cpo:o:*") > distinct_orders // 4, 60,
+            wait_until(lambda: count_identities(client, "o") > distinct_orders // 4, 60,
                        "a quarter of the orders in Redis", interval=0.1)
             workers[0].kill()
-            assert count_keys(client, "cpo:o:*") < distinct_orders  # the kill was mid-stream
+            assert count_identities(client, "o") < distinct_orders  # the kill was mid-stream
             time.sleep(1)
             workers[0] = pipeline.worker(0, ports[0])
         producer.join()
-        wait_for(lambda: count_keys(client, "cpo:o:*"), distinct_orders, 120,
+        wait_for(lambda: count_identities(client, "o"), distinct_orders, 120,
                    f"{distinct_orders} orders in Redis")
 
         # Phase 2: contacts; those of the late orders and of unknown orders wait for the join.
         produce(settings, data.contacts_phase)
         waiting = len(data.late_order_ids) + 100
-        wait_for(lambda: count_keys(client, "cpo:c:*"), len(data.contacts), 120,
+        wait_for(lambda: count_identities(client, "c"), len(data.contacts), 120,
                    f"{len(data.contacts)} contacts in Redis")
         assert client.zcard("cpo:pq") == waiting
 

@@ -30,10 +30,10 @@ import redis
 from streams.local import EmbeddedKafka, EmbeddedRedis, free_port
 from streams.processes import Child, Pipeline
 from streams.settings import Settings
+from streams.state import count_identities
 from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
-    count_keys,
     dataset_settings,
     exported_windows,
     produce,
@@ -244,7 +244,7 @@ def test_counts_stay_exact_through_crashes_restarts_freezes_and_rebalances(
             child.wait_ready()
         load.start()
         try:
-            wait_until(lambda: count_keys(client, "cpo:o:*") > 200, 120,
+            wait_until(lambda: count_identities(client, "o") > 200, 120,
                        "the first orders counted")
             survivors = inject_faults(faults, exporter)
         finally:

@@ -37,12 +37,12 @@ from streams.local import free_port
 from streams.processes import Child, Pipeline, parse_metrics
 from streams.processor import MAX_DLQ_RECORD_BYTES
 from streams.settings import Settings, load_settings
+from streams.state import count_identities
 from tests.corpus import hostile
 from tests.integration import reference
 from tests.integration.support import (
     check_outputs,
     consume_all,
-    count_keys,
     exported_windows,
     summed,
     topic_for,
@@ -219,7 +219,7 @@ def test_hostile_records_are_all_accounted_for(settings: Settings, tmp_path: Pat
 
         # The injection strings first, so they are registered as labels and not folded.
         origins = produce_tracked(settings, registrations)
-        wait_for(lambda: count_keys(client, "cpo:c:*"), len(registrations) // 2, 120,
+        wait_for(lambda: count_identities(client, "c"), len(registrations) // 2, 120,
                    "the injection records counted")
         origins += produce_tracked(settings, records)
         records = registrations + records

@@ -25,7 +25,8 @@ from streams.local import free_port
 from streams.processes import Child, Pipeline, cpo_command
 from streams.settings import Settings, load_settings
 from streams.simulate import SimConfig, encode, generate, record_key
-from tests.integration.support import count_keys, produce, wait_for, wait_until
+from streams.state import count_identities
+from tests.integration.support import produce, wait_for, wait_until
 
 CAUSE = "where_is_my_order"
 TARGET = ("carrier", "cargox")  # the third carrier (12% of orders), not the biggest
@@ -74,8 +75,8 @@ def test_injected_incident_is_named(settings: Settings, tmp_path: Path) -> None:
         for child in (worker, exporter):
             child.wait_ready()
         produce(settings, data)
-        wait_for(lambda: count_keys(client, "cpo:o:*"), orders, 60, f"{orders} orders")
-        wait_for(lambda: count_keys(client, "cpo:c:*"), contacts, 60, f"{contacts} contacts")
+        wait_for(lambda: count_identities(client, "o"), orders, 60, f"{orders} orders")
+        wait_for(lambda: count_identities(client, "c"), contacts, 60, f"{contacts} contacts")
         counted_at = time.time()
 
         # The endpoint, from counts (baseline included) read after every count landed.

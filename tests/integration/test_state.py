@@ -12,7 +12,14 @@ import redis
 from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key, bucket_start
 from streams.events import ContactEvent, OrderEvent
 from streams.settings import Settings, load_settings
-from streams.state import RedisState, connect
+from streams.state import (
+    IDENTITY_SHARDS,
+    SWEEP_SECONDS,
+    RedisState,
+    connect,
+    count_identities,
+    identity_key,
+)
 
 NOW = time.time()
 
@@ -133,3 +140,53 @@ def test_a_duplicate_orders_attributes_take_no_label_slot(settings: Settings) ->
                             ("apply_batch", duplicate, [], NOW), ("labels",))
     assert second.totals["do"] == 1
     assert sorted(labels.values.values()) == ["acme", "swift"]  # bolt was only in a duplicate
+
+
+def all_buckets(settings: Settings) -> dict[str, dict[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    return {key: client.hgetall(key) for key in client.scan_iter(match="cpo:*b:*")}
+
+
+def test_a_later_duplicate_leaves_every_count_as_it_was(settings: Settings) -> None:
+    """The worker counts the duplicate as new; the script must take back exactly that, in the
+    duplicate's own buckets and pairs (another time, other values), leaving no zero field."""
+    run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")], [], NOW))
+    before = all_buckets(settings)
+    (result,) = run(settings, ("apply_batch",
+                               [order("o1", NOW - 4000, carrier="bolt", region="us"),
+                                order("o1", NOW - 60, carrier="acme")], [], NOW))
+    assert result.totals == {"do": 2}  # one in Redis already, one twice in the batch
+    assert all_buckets(settings) == before
+
+
+def test_reset_registries_are_registered_again(settings: Settings) -> None:
+    """A worker caches registry ids; after the registries are gone (Redis flushed) it must not
+    write the old ids, which would now name nothing or another value."""
+    async def go():
+        state = RedisState(connect(settings), settings)
+        try:
+            await state.apply_batch([order("o1", carrier="acme"), order("o2", carrier="bolt")],
+                                    [], NOW)
+            await state.client.flushdb()
+            result = await state.apply_batch([order("o3", carrier="bolt")], [], NOW)
+            return result, await state.labels(result)
+        finally:
+            await state.client.aclose()
+    result, labels = asyncio.run(go())
+    assert labels.values == {(1, 1): "bolt"}
+    assert result.totals == {"o": 1, "o:1:1": 1}
+    assert bucket(settings, COARSE_SECONDS, NOW - 60) == {"o": 1, "o:1:1": 1}
+
+
+def test_identities_are_forgotten_after_their_retention(settings: Settings) -> None:
+    swept_at = NOW + settings.order_retention + SWEEP_SECONDS + 1
+    run(settings, ("apply_batch", [order("old")], [contact("k-old", "late", None)], NOW),
+        ("expire_pending", NOW),  # starts the sweep's clock
+        ("apply_batch", [order("recent")], [], swept_at - SWEEP_SECONDS))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert (count_identities(client, "o"), count_identities(client, "c")) == (2, 1)
+    run(settings, *[("expire_pending", swept_at)] * (IDENTITY_SHARDS // 256))
+    assert client.hexists(identity_key("o", "recent"), "recent")
+    assert (count_identities(client, "o"), count_identities(client, "c")) == (1, 0)
+    (again,) = run(settings, ("apply_batch", [order("old")], [], swept_at))
+    assert again.totals["o"] == 1  # a forgotten order counts as new
