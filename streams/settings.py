@@ -159,9 +159,11 @@ SETTINGS: dict[str, Setting] = {
     "max_values": Setting("CPO_MAX_VALUES", "50", _positive_int,
                           "values exported per dimension; the rest fold into `other`"),
     "order_retention": Setting("CPO_ORDER_RETENTION", "30d", parse_duration,
-                               "how long an order's attributes and identity are kept for the join"),
+                               "how long an order's attributes and identity are kept for the "
+                               "join (then forgotten within the hour)"),
     "contact_retention": Setting("CPO_CONTACT_RETENTION", "7d", parse_duration,
-                                 "how long a contact identity is kept for deduplication"),
+                                 "how long a contact identity is kept for deduplication (then "
+                                 "forgotten within the hour)"),
     "rca_pairs": Setting("CPO_RCA_PAIRS", "on", _switch,
                          "count pairs of attribute values for root-cause drill-down"),
     "batch_size": Setting("CPO_BATCH_SIZE", "5000", _positive_int,
