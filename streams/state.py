@@ -182,7 +182,7 @@ class RedisState:
         windows = list(settings.window_seconds().values())
         fine_ttl, coarse_ttl = bucket_ttls(windows)
         self._fine_horizon = fine_horizon(windows)
-        self._ttls = (fine_ttl, coarse_ttl, pair_ttl(windows))
+        self._ttls = (fine_ttl, coarse_ttl)
         self._common = [str(FINE_SECONDS), str(COARSE_SECONDS), str(fine_ttl), str(coarse_ttl),
                         str(self._fine_horizon),
                         str(pair_ttl(windows) if settings.rca_pairs else 0)]
@@ -235,10 +235,11 @@ class RedisState:
         return await self.apply(self.prepare(orders, contacts, now))
 
     def _batch_args(self, batch: ScriptBatch, epoch: str) -> list[str | bytes]:
-        tally = batch.tally.script_arg() if batch.tally else []
+        tally = batch.tally or Tally()
         return ["batch", repr(batch.now), *self._common, str(int(self.settings.join_grace)),
                 str(self.settings.max_causes), epoch, batch.orders_arg or b"[]",
-                batch.contacts_arg, orjson.dumps(tally)]
+                batch.contacts_arg, orjson.dumps(tally.script_arg()),
+                orjson.dumps(tally.pairs) if tally.pairs else b""]
 
     def _encode(self, batch: ScriptBatch, registry: Registry, provisional: bool = False) -> None:
         """Records and counts of the batch's orders, or nothing if a value has no id yet.

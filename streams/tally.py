@@ -7,7 +7,7 @@ This keeps the per-order work in Redis, the pipeline's single-threaded bottlenec
 identity write (bench/README.md), while the worker spends about a microsecond per order here.
 
 The fields are those of `lua/state.lua`: `o` and `o:<dim>:<value>` in the fine and coarse
-buckets, and `p:<dim>:<value>:<dim>:<value>` (lower dimension id first) in the coarse pair
+buckets, and `p:<dim>:<value>:<dim>:<value>` (lower dimension id first) for the coarse pair
 buckets. Ids are registry ids: dimension ids from 1, value ids from 0 (`other`) to
 max_values - 1.
 """
@@ -19,18 +19,20 @@ from itertools import combinations
 
 import numpy as np
 
-from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key, pair_bucket_key
+from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key
 
 ABSENT = -1  # the order has no value for that dimension
 
 
 @dataclass
 class Tally:
-    """Counts to add: bucket key -> (TTL, field -> count), and field -> count summed over the
-    coarse buckets (what the worker's counters add)."""
+    """Counts to add: bucket key -> (TTL, field -> count), field -> count summed over the
+    coarse buckets (what the worker's counters add), and the pair counts, coarse bucket start
+    -> field -> count (queued, then folded into the pair buckets: see lua/state.lua)."""
 
     buckets: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    pairs: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def script_arg(self) -> list:
         """Flat [key, ttl, n, field, count, ...] for the script."""
@@ -47,11 +49,11 @@ class OrderTally:
     per dimension in ascending dimension id, ABSENT where an order lacks the dimension."""
 
     def __init__(self, dim_ids: list[int], max_values: int, fine_horizon: int,
-                 ttls: tuple[int, int, int], pairs: bool) -> None:
+                 ttls: tuple[int, int], pairs: bool) -> None:
         assert dim_ids == sorted(dim_ids), "columns must be in ascending dimension id"
         self.max_values = max_values
         self.fine_horizon = fine_horizon
-        self.fine_ttl, self.coarse_ttl, self.pair_ttl = ttls
+        self.fine_ttl, self.coarse_ttl = ttls
         self.pairs = pairs
         self.value_fields = [[f"o:{d}:{v}" for v in range(max_values)] for d in dim_ids]
         self.column_pairs = list(combinations(range(len(dim_ids)), 2))
@@ -94,8 +96,7 @@ class OrderTally:
 
     def _add_pairs(self, tally: Tally, times: np.ndarray, values: np.ndarray) -> None:
         starts, index = np.unique(times // COARSE_SECONDS * COARSE_SECONDS, return_inverse=True)
-        counts = [tally.buckets.setdefault(pair_bucket_key(int(s)), (self.pair_ttl, {}))[1]
-                  for s in starts]
+        counts = [tally.pairs.setdefault(str(int(s)), {}) for s in starts]
         width = self.max_values
         per_pair = width * width
         names = self._pair_fields

@@ -13,10 +13,11 @@
 --                            Small hashes are listpacks, far smaller than a key per id; the
 --                            sweep deletes entries older than their retention (arrival time).
 --   sweep            hash    next: next shard to sweep, at: when it was due
---   pq               zset    contact_id -> join deadline (wall clock)
---   pc               hash    contact_id -> "<cause id> <contact time> <order_id>"
---   po:<order_id>    set     contact_ids waiting for that order
---   pending_orders   set     order_ids that have contacts waiting (one SMISMEMBER per batch)
+--   pq               zset    waiting contact -> join deadline (wall clock); the member is the
+--                            JSON [contact_id, cause id, contact time text, order_id]
+--   pw               hash    order_id -> its waiting contacts' pq members, one per line (JSON
+--                            has no raw newline); one HMGET per batch finds the arriving orders
+--                            that have some
 --   reg:cause        hash    cause -> id (1..max-1; 0 is "other")
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
@@ -24,6 +25,11 @@
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
 --   pb:<res>:<start> hash    pairs of attribute values (coarse only): p:<d>:<v>:<d>:<v>,
 --                            q:<c>:<d>:<v>:<d>:<v>, lower dimension id first
+--   pbq              list    pair counts not yet in pb:*: one JSON blob (start -> field ->
+--                            count) per batch. Pairs are many distinct fields per batch (about
+--                            ten times the single-value ones), so the expire call folds the
+--                            blobs of many batches at once, one HINCRBY per distinct field:
+--                            pair buckets are up to a second or two behind the other counts.
 --   outbox           stream  one entry per call holding its output records (JSON), until
 --                            Kafka has them: the worker deletes the entry after the produce
 --                            is acknowledged; entries left by a crashed worker are produced
@@ -41,9 +47,11 @@
 --             slot). Returns { epoch, dim ids, flat (dim index, value, value id) }.
 --   batch:    grace, max causes, registry epoch, JSON orders [order_id, shard, record, ...],
 --             JSON contacts [contact_id, shard, time text, cause, order_id or "",
---             order shard or "", ...], JSON order counts [key, ttl, n, field, count, ...]
+--             order shard or "", ...], JSON order counts [key, ttl, n, field, count, ...],
+--             JSON order pair counts {start: {field: count}} or ""
 --             Fails with STALE_REGISTRY, changing nothing, if the epoch is not the registries'.
---   expire:   limit, order retention, contact retention, shards, sweep seconds
+--   expire:   limit, order retention, contact retention, shards, sweep seconds; also folds
+--             the queued pair counts
 -- batch and expire return { totals, attributed, unattributed, pending, outbox id or "" }:
 --   totals       flat field, count pairs of what this call counted, summed over coarse buckets
 --                (the worker adds its order counts), plus "do" / "dc" for duplicate orders /
@@ -64,6 +72,7 @@ local pair_ttl = tonumber(ARGV[8])  -- 0: attribute-value pairs are not counted
 local fine_buckets, coarse_buckets = {}, {}  -- bucket start -> field -> count
 local pair_buckets = {}  -- coarse bucket start -> pair field -> count
 local discard = {}  -- the fine table of events older than the fine horizon: never written
+local MAX_FOLD_BLOBS = 200  -- pair blobs folded per call
 local duplicates = {}
 local attributed = {}
 local unattributed = {}
@@ -95,7 +104,7 @@ end
 -- 'p:<d>:<v>:<d>:<v>' for orders, 'q:<cause>:<d>:<v>:<d>:<v>' for joined contacts.
 local pair_field_cache = {}
 local function add_pairs(t, prefix, pairs_, n)
-  local counts = table_at(pair_buckets, floor(t / coarse_res) * coarse_res)
+  local counts = table_at(pair_buckets, string.format('%d', floor(t / coarse_res) * coarse_res))
   local cache = table_at(pair_field_cache, prefix)
   local size = #pairs_
   for a = 1, size - 1 do
@@ -179,6 +188,25 @@ local function unattribute(contact_id, cause, t, t_text, reason)
   unattributed[n + 4] = t_text
 end
 
+local function lines(text)
+  local list = {}
+  for line in string.gmatch(text, '[^\n]+') do list[#list + 1] = line end
+  return list
+end
+
+-- A command on one key with many arguments, in parts (Lua's unpack takes a few thousand values
+-- at most); returns the parts' replies as one list.
+local function in_parts(command, key, args)
+  local replies = {}
+  for first = 1, #args, 4000 do
+    local part = redis.call(command, key, unpack(args, first, math.min(first + 3999, #args)))
+    if type(part) == 'table' then
+      for j = 1, #part do replies[first + j - 1] = part[j] end
+    end
+  end
+  return replies
+end
+
 -- Bounded label registry: the first max-1 names get ids 1.., the rest fold into 0 ("other").
 local registry_cache = {}
 local function registry_id(key, name, max)
@@ -233,28 +261,22 @@ local function apply_batch()
   local O, C = cjson.decode(ARGV[12]), cjson.decode(ARGV[13])
 
   local waiting = {}
-  if #O > 0 and redis.call('EXISTS', 'cpo:pending_orders') == 1 then
+  if #O > 0 and redis.call('EXISTS', 'cpo:pw') == 1 then
     local ids = {}
     for i = 1, #O, 3 do ids[#ids + 1] = O[i] end
-    waiting = redis.call('SMISMEMBER', 'cpo:pending_orders', unpack(ids))
+    waiting = in_parts('HMGET', 'cpo:pw', ids)
   end
   for i = 1, #O, 3 do
     local order_id, key, record = O[i], 'cpo:o:' .. O[i + 1], O[i + 2]
     if redis.call('HSETNX', key, order_id, record) == 1 then
-      if waiting[(i + 2) / 3] == 1 then
-        local waiting_key = 'cpo:po:' .. order_id
-        for _, contact_id in ipairs(redis.call('SMEMBERS', waiting_key)) do
-          local entry = redis.call('HGET', 'cpo:pc', contact_id)
-          if entry then
-            local cause, ct_text = string.match(entry, '^(%d+) (%S+) ')
-            record = attribute(contact_id, cause, tonumber(ct_text), ct_text, order_id, key,
-                               record)
-            redis.call('HDEL', 'cpo:pc', contact_id)
-            redis.call('ZREM', 'cpo:pq', contact_id)
-          end
+      if waiting[(i + 2) / 3] then
+        local members = lines(waiting[(i + 2) / 3])
+        for _, member in ipairs(members) do
+          local c = cjson.decode(member)
+          record = attribute(c[1], c[2], tonumber(c[3]), c[3], order_id, key, record)
         end
-        redis.call('DEL', waiting_key)
-        redis.call('SREM', 'cpo:pending_orders', order_id)
+        in_parts('ZREM', 'cpo:pq', members)
+        redis.call('HDEL', 'cpo:pw', order_id)
       end
     else
       duplicates['do'] = (duplicates['do'] or 0) + 1
@@ -280,10 +302,10 @@ local function apply_batch()
         if record then
           attribute(contact_id, cause, t, t_text, order_id, key, record)
         else
-          redis.call('ZADD', 'cpo:pq', now + grace, contact_id)
-          redis.call('HSET', 'cpo:pc', contact_id, cause .. ' ' .. t_text .. ' ' .. order_id)
-          redis.call('SADD', 'cpo:po:' .. order_id, contact_id)
-          redis.call('SADD', 'cpo:pending_orders', order_id)
+          local member = cjson.encode({ contact_id, cause, t_text, order_id })
+          redis.call('ZADD', 'cpo:pq', now + grace, member)
+          local members = redis.call('HGET', 'cpo:pw', order_id)
+          redis.call('HSET', 'cpo:pw', order_id, members and (members .. '\n' .. member) or member)
           pending = pending + 1
         end
       end
@@ -301,7 +323,35 @@ local function apply_batch()
     redis.call('EXPIRE', key, ttl)
     i = i + 3 + 2 * n
   end
+  if ARGV[15] ~= '' then redis.call('RPUSH', 'cpo:pbq', ARGV[15]) end
   return true
+end
+
+-- Add the queued pair counts to the pair buckets: the blobs of many batches merged first.
+local function fold_pairs()
+  if pair_ttl == 0 then
+    redis.call('DEL', 'cpo:pbq')  -- pairs were switched off
+    return
+  end
+  local blobs = redis.call('LRANGE', 'cpo:pbq', 0, MAX_FOLD_BLOBS - 1)
+  if #blobs == 0 then return end
+  redis.call('LTRIM', 'cpo:pbq', #blobs, -1)
+  local merged = {}
+  for _, blob in ipairs(blobs) do
+    for start, fields in pairs(cjson.decode(blob)) do
+      local counts = table_at(merged, start)
+      for name, n in pairs(fields) do counts[name] = (counts[name] or 0) + n end
+    end
+  end
+  for start, fields in pairs(merged) do
+    local key = 'cpo:pb:' .. coarse_res .. ':' .. start
+    for name, n in pairs(fields) do
+      if n ~= 0 and redis.call('HINCRBY', key, name, n) == 0 then
+        redis.call('HDEL', key, name)
+      end
+    end
+    redis.call('EXPIRE', key, pair_ttl)
+  end
 end
 
 -- Forget the identities of one shard that arrived before the cutoff.
@@ -309,15 +359,9 @@ local function forget_before(key, cutoff, pattern)
   local entries = redis.call('HGETALL', key)
   local old = {}
   for i = 1, #entries, 2 do
-    if tonumber(string.match(entries[i + 1], pattern)) < cutoff then
-      old[#old + 1] = entries[i]
-      if #old == 1000 then
-        redis.call('HDEL', key, unpack(old))
-        old = {}
-      end
-    end
+    if tonumber(string.match(entries[i + 1], pattern)) < cutoff then old[#old + 1] = entries[i] end
   end
-  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  in_parts('HDEL', key, old)
 end
 
 -- Every shard of the identity hashes is swept once per sweep period, a few shards per call,
@@ -344,21 +388,30 @@ end
 local function expire_pending()
   local limit = tonumber(ARGV[9])
   sweep(tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+  fold_pairs()
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
-  for _, contact_id in ipairs(due) do
-    local entry = redis.call('HGET', 'cpo:pc', contact_id)
-    if entry then
-      local cause, ct_text, order_id = string.match(entry, '^(%d+) (%S+) (.*)$')
-      unattribute(contact_id, cause, tonumber(ct_text), ct_text, 'f')
-      local waiting_key = 'cpo:po:' .. order_id
-      redis.call('SREM', waiting_key, contact_id)
-      if redis.call('SCARD', waiting_key) == 0 then
-        redis.call('SREM', 'cpo:pending_orders', order_id)
-      end
-      redis.call('HDEL', 'cpo:pc', contact_id)
-    end
-    redis.call('ZREM', 'cpo:pq', contact_id)
+  if #due == 0 then return end
+  local expired = {}  -- order_id -> set of its expired members
+  for _, member in ipairs(due) do
+    local c = cjson.decode(member)
+    unattribute(c[1], c[2], tonumber(c[3]), c[3], 'f')
+    table_at(expired, c[4])[member] = true
   end
+  for order_id, gone in pairs(expired) do
+    local members = redis.call('HGET', 'cpo:pw', order_id)
+    if members then
+      local left = {}
+      for _, member in ipairs(lines(members)) do
+        if not gone[member] then left[#left + 1] = member end
+      end
+      if #left == 0 then
+        redis.call('HDEL', 'cpo:pw', order_id)
+      else
+        redis.call('HSET', 'cpo:pw', order_id, table.concat(left, '\n'))
+      end
+    end
+  end
+  in_parts('ZREM', 'cpo:pq', due)
 end
 
 if mode == 'register' then
@@ -392,7 +445,7 @@ local function flush(tables, prefix, ttl, sum)
 end
 flush(fine_buckets, 'cpo:b:' .. fine_res .. ':', fine_ttl, false)
 flush(coarse_buckets, 'cpo:b:' .. coarse_res .. ':', coarse_ttl, true)
-flush(pair_buckets, 'cpo:pb:' .. coarse_res .. ':', pair_ttl, false)
+if next(pair_buckets) ~= nil then redis.call('RPUSH', 'cpo:pbq', cjson.encode(pair_buckets)) end
 
 local outbox_id = ''
 if #attributed > 0 or #unattributed > 0 then

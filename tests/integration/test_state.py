@@ -100,9 +100,10 @@ def test_a_contact_waits_for_its_order_then_expires_after_the_grace(settings: Se
 
 
 def test_pairs_of_values_are_counted_for_orders_and_joined_contacts(settings: Settings) -> None:
-    # the contact at the order's time: both land in the same 5-minute bucket
+    # the contact at the order's time: both land in the same 5-minute bucket; the pair counts
+    # are queued, and folded into the pair buckets by the next expire call
     run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")],
-                   [contact("k1", "late", "o1", t=NOW - 60)], NOW))
+                   [contact("k1", "late", "o1", t=NOW - 60)], NOW), ("expire_pending", NOW))
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     start = bucket_start(NOW - 60, COARSE_SECONDS)
     pairs = client.hgetall(f"cpo:pb:{COARSE_SECONDS}:{start}")
@@ -150,11 +151,13 @@ def all_buckets(settings: Settings) -> dict[str, dict[str, str]]:
 def test_a_later_duplicate_leaves_every_count_as_it_was(settings: Settings) -> None:
     """The worker counts the duplicate as new; the script must take back exactly that, in the
     duplicate's own buckets and pairs (another time, other values), leaving no zero field."""
-    run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")], [], NOW))
+    run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")], [], NOW),
+        ("expire_pending", NOW))
     before = all_buckets(settings)
-    (result,) = run(settings, ("apply_batch",
+    result, _ = run(settings, ("apply_batch",
                                [order("o1", NOW - 4000, carrier="bolt", region="us"),
-                                order("o1", NOW - 60, carrier="acme")], [], NOW))
+                                order("o1", NOW - 60, carrier="acme")], [], NOW),
+                    ("expire_pending", NOW))
     assert result.totals == {"do": 2}  # one in Redis already, one twice in the batch
     assert all_buckets(settings) == before
 
@@ -190,3 +193,20 @@ def test_identities_are_forgotten_after_their_retention(settings: Settings) -> N
     assert (count_identities(client, "o"), count_identities(client, "c")) == (1, 0)
     (again,) = run(settings, ("apply_batch", [order("old")], [], swept_at))
     assert again.totals["o"] == 1  # a forgotten order counts as new
+
+
+def test_contacts_waiting_for_one_order_expire_and_join_each_on_its_own(settings: Settings) -> None:
+    grace = settings.join_grace
+    first, second, expired, joined = run(
+        settings,
+        ("apply_batch", [], [contact("k1", "late", "o-shared")], NOW),
+        ("apply_batch", [], [contact("k2", "wismo", "o-shared")], NOW + grace / 2),
+        ("expire_pending", NOW + grace + 1),
+        ("apply_batch", [order("o-shared", carrier="acme")], [], NOW + grace + 2),
+    )
+    assert (first.pending, second.pending) == (1, 1)
+    assert [(u.contact_id, u.reason) for u in expired.unattributed] == [("k1", "order_not_found")]
+    assert [a.contact_id for a in joined.attributed] == ["k2"]
+    assert joined.totals["oc"] == 1
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert (client.zcard("cpo:pq"), client.exists("cpo:pw")) == (0, 0)

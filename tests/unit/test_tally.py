@@ -10,16 +10,18 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key, pair_bucket_key
+from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key
 from streams.tally import ABSENT, OrderTally
 
 NOW = 1_800_000_000.5
 HORIZON = 420
-TTLS = (7200, 86400, 10800)
+TTLS = (7200, 86400)
 
 
-def naive(times: list[int], rows: list[list[int]], dim_ids: list[int], pairs: bool) -> dict:
+def naive(times: list[int], rows: list[list[int]], dim_ids: list[int],
+          pairs: bool) -> tuple[dict, dict]:
     buckets: dict[str, Counter] = {}
+    pair_buckets: dict[str, Counter] = {}
     for t, row in zip(times, rows, strict=True):
         present = [(d, v) for d, v in zip(dim_ids, row, strict=True) if v != ABSENT]
         resolutions = [COARSE_SECONDS] + ([FINE_SECONDS] if t >= NOW - HORIZON else [])
@@ -30,11 +32,11 @@ def naive(times: list[int], rows: list[list[int]], dim_ids: list[int], pairs: bo
             for d, v in present:
                 counts[f"o:{d}:{v}"] += 1
         if pairs:
-            counts = buckets.setdefault(pair_bucket_key(t // COARSE_SECONDS * COARSE_SECONDS),
-                                        Counter())
+            counts = pair_buckets.setdefault(str(t // COARSE_SECONDS * COARSE_SECONDS), Counter())
             for (d1, v1), (d2, v2) in combinations(present, 2):
                 counts[f"p:{d1}:{v1}:{d2}:{v2}"] += 1
-    return {key: dict(counts) for key, counts in buckets.items()}
+    return ({key: dict(counts) for key, counts in buckets.items()},
+            {start: dict(counts) for start, counts in pair_buckets.items()})
 
 
 @pytest.mark.parametrize("pairs", [True, False])
@@ -48,8 +50,9 @@ def test_vectorised_counts_equal_per_order_counts(seed: int, pairs: bool) -> Non
             for _ in times]
     tally = OrderTally(dim_ids, max_values, HORIZON, TTLS, pairs).count(
         np.array(times, dtype=np.int64), np.array(rows, dtype=np.int64), NOW)
-    expected = naive(times, rows, dim_ids, pairs)
+    expected, expected_pairs = naive(times, rows, dim_ids, pairs)
     assert {key: counts for key, (_, counts) in tally.buckets.items()} == expected
+    assert tally.pairs == expected_pairs
     coarse_totals: Counter = Counter()
     for key, counts in expected.items():
         if key.startswith(f"cpo:b:{COARSE_SECONDS}:"):
@@ -57,8 +60,7 @@ def test_vectorised_counts_equal_per_order_counts(seed: int, pairs: bool) -> Non
     assert tally.totals == dict(coarse_totals)
     ttls = {key.split(":")[1] + ":" + key.split(":")[2]: ttl
             for key, (ttl, _) in tally.buckets.items()}
-    assert ttls.get(f"b:{FINE_SECONDS}") == TTLS[0] and ttls[f"b:{COARSE_SECONDS}"] == TTLS[1]
-    assert ttls.get(f"pb:{COARSE_SECONDS}") == (TTLS[2] if pairs else None)
+    assert ttls == {f"b:{FINE_SECONDS}": TTLS[0], f"b:{COARSE_SECONDS}": TTLS[1]}
 
 
 def test_the_script_argument_lists_every_count_once() -> None:
@@ -73,5 +75,5 @@ def test_the_script_argument_lists_every_count_once() -> None:
         i += 3 + 2 * n
     assert parsed == tally.buckets
     start = int(NOW - 5) // COARSE_SECONDS * COARSE_SECONDS
-    assert parsed[pair_bucket_key(start)] == (TTLS[2], {"p:1:1:2:2": 1})
+    assert tally.pairs == {str(start): {"p:1:1:2:2": 1}}
     assert tally.totals == {"o": 2, "o:1:1": 2, "o:2:2": 1}
