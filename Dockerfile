@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The cpo image: one image for every command (`worker`, `exporter`, `simulate`, `topics`, ...).
-#   docker build -t cpo-streams:0.1.0 .
-#   docker run --rm cpo-streams:0.1.0 worker
+#   docker build -t cpo-streams:0.2.0 .
+#   docker run --rm cpo-streams:0.2.0 worker
 # The base is pinned by tag; pin it by digest in production:
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
