@@ -38,8 +38,8 @@ VARIANTS = {
         ""),
     "without the contact join": _without(
         "          attribute(contact_id, cause, t, t_text, order_id, key, record)\n", ""),
-    "without the pair blobs": _without(
-        "if ARGV[15] ~= '' then redis.call('RPUSH', 'cpo:pbq', ARGV[15]) end", ""),
+    "without the pair queue": _without(
+        "    redis.call('RPUSH', 'cpo:pbq', table.concat(entry, '\\n'))", ""),
 }
 
 
@@ -67,7 +67,7 @@ async def redis_cpu_per_record(url: str, script: str, pairs: str, orders: list, 
         joined = [c for c in contacts if batch[0].occurred_at <= c.occurred_at
                   < batch[-1].occurred_at]
         await state.apply_batch(batch, joined, now)
-        await state.expire_pending(now)  # folds the batch's pair counts, as a worker's timer
+        await state.fold_pairs()  # as a worker's timer
         records += len(batch) + len(joined)
     after = client.info("cpu")
     await state.client.aclose()

@@ -224,11 +224,13 @@ class BatchProcessor:
         self.metrics.batch_seconds.observe(time.perf_counter() - prepared.started)
 
     async def expire_pending(self) -> None:
-        """Count contacts whose join grace has passed; any worker may run it at any time."""
+        """Count contacts whose join grace has passed, and fold the queued pair counts; any
+        worker may run it at any time."""
         now = time.time()
         result = await self.redis_call(lambda: self.state.expire_pending(now), "expire pending")
         if result.unattributed:
             await self.emit(result)
+        await self.redis_call(self.state.fold_pairs, "fold pair counts")
 
     async def emit(self, result: BatchResult) -> None:
         """Update the counters and produce every counted contact to the attributed topic."""

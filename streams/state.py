@@ -36,6 +36,8 @@ IDENTITY_SHARDS = 16384
 # Every identity shard is swept once this often: an identity outlives its retention by at most
 # this much.
 SWEEP_SECONDS = 3600
+PAIR_QUEUE = "cpo:pbq"  # pair counts waiting to be folded into the pair buckets
+MAX_FOLD_ENTRIES = 500  # batches' pair counts per fold call
 
 
 def shard_of(identity: str) -> int:
@@ -239,7 +241,7 @@ class RedisState:
         return ["batch", repr(batch.now), *self._common, str(int(self.settings.join_grace)),
                 str(self.settings.max_causes), epoch, batch.orders_arg or b"[]",
                 batch.contacts_arg, orjson.dumps(tally.script_arg()),
-                orjson.dumps(tally.pairs) if tally.pairs else b""]
+                orjson.dumps({"p": tally.pairs}) if tally.pairs else b""]
 
     def _encode(self, batch: ScriptBatch, registry: Registry, provisional: bool = False) -> None:
         """Records and counts of the batch's orders, or nothing if a value has no id yet.
@@ -314,6 +316,32 @@ class RedisState:
         return self._parse(await self.script(
             args=["expire", repr(now), *self._common, str(limit), *self._expire_tail]))
 
+    async def fold_pairs(self, limit: int = MAX_FOLD_ENTRIES) -> int:
+        """Add the queued pair counts of many batches to the pair buckets; returns how many
+        batches' counts. The sums and the expansion of joined contacts into pairs are done
+        here, not in Redis's single thread; the script applies them only if no other worker
+        folded the same entries first, so each entry counts exactly once."""
+        if not self.settings.rca_pairs:
+            await self.client.delete(PAIR_QUEUE)  # pairs were switched off
+            return 0
+        entries = await self.client.lrange(PAIR_QUEUE, 0, limit - 1)
+        if not entries:
+            return 0
+        sums: dict[str, dict[str, int]] = {}
+        for entry in entries:
+            for line in entry.split("\n")[1:]:
+                if line:
+                    add_pair_counts(sums, orjson.loads(line))
+        flat: list = []
+        for start, counts in sums.items():
+            counts = {name: n for name, n in counts.items() if n}
+            flat += (start, len(counts))
+            for name, n in counts.items():
+                flat += (name, n)
+        head_seq = entries[0].split("\n", 1)[0]
+        return int(await self.script(args=["fold", "0", *self._common, head_seq,
+                                           str(len(entries)), orjson.dumps(flat)]))
+
     async def outbox_done(self, ids: list[str]) -> None:
         """Forget output records that Kafka has acknowledged."""
         if ids:
@@ -358,6 +386,24 @@ class RedisState:
             pending=int(pending),
             outbox_ids=[outbox_id] if outbox_id else [],
         )
+
+
+def add_pair_counts(sums: dict[str, dict[str, int]], entry: dict) -> None:
+    """Add one pair-queue line: `p` counts as they are, and each joined contact of `q`
+    (coarse start, cause id, "d:v,d:v,...") as one `q:` count per pair of its values."""
+    for start, counts in entry.get("p", {}).items():
+        into = sums.setdefault(start, {})
+        for name, n in counts.items():
+            into[name] = into.get(name, 0) + n
+    joined = entry.get("q", [])
+    for i in range(0, len(joined), 3):
+        start, cause, values = joined[i], joined[i + 1], joined[i + 2].split(",")
+        into = sums.setdefault(start, {})
+        for a in range(len(values) - 1):
+            prefix = f"q:{cause}:{values[a]}:"
+            for b in range(a + 1, len(values)):
+                name = prefix + values[b]
+                into[name] = into.get(name, 0) + 1
 
 
 def parse_attributed(flat: list | dict) -> list[Attributed]:

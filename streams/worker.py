@@ -87,6 +87,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 previous = outputs[-1] if outputs else None
                 outputs.append(asyncio.ensure_future(
                     self._output(processor, prepared, counting, previous, offsets)))
+                # Let the script call go out now: the next fetch is usually ready already, so
+                # nothing below would suspend before the next batch's decode, and Redis would
+                # sit idle through it.
+                await asyncio.sleep(0)
             for step in outputs:
                 await step
         except (asyncio.CancelledError, *self.consumer_stopped_errors):

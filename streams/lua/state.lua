@@ -25,11 +25,16 @@
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
 --   pb:<res>:<start> hash    pairs of attribute values (coarse only): p:<d>:<v>:<d>:<v>,
 --                            q:<c>:<d>:<v>:<d>:<v>, lower dimension id first
---   pbq              list    pair counts not yet in pb:*: one JSON blob (start -> field ->
---                            count) per batch. Pairs are many distinct fields per batch (about
---                            ten times the single-value ones), so the expire call folds the
---                            blobs of many batches at once, one HINCRBY per distinct field:
---                            pair buckets are up to a second or two behind the other counts.
+--   pbq              list    pair counts not yet in pb:*, one entry per batch: "<seq>" then
+--                            JSON lines {"p": {start: {field: count}}, "q": [start, cause id,
+--                            "d:v,d:v", ...]} (q: one joined contact, its pairs not expanded).
+--                            Pairs are many distinct fields per batch (about ten times the
+--                            single-value ones), so a worker folds the entries of many batches
+--                            at once (RedisState.fold_pairs): it reads them, merges and expands
+--                            them, and the fold call applies the sums and drops the entries if
+--                            the list still starts with the entry it read. Pair buckets are up
+--                            to a second or two behind the other counts.
+--   pbq:seq          string  the entries' sequence number
 --   outbox           stream  one entry per call holding its output records (JSON), until
 --                            Kafka has them: the worker deletes the entry after the produce
 --                            is acknowledged; entries left by a crashed worker are produced
@@ -50,8 +55,9 @@
 --             order shard or "", ...], JSON order counts [key, ttl, n, field, count, ...],
 --             JSON order pair counts {start: {field: count}} or ""
 --             Fails with STALE_REGISTRY, changing nothing, if the epoch is not the registries'.
---   expire:   limit, order retention, contact retention, shards, sweep seconds; also folds
---             the queued pair counts
+--   expire:   limit, order retention, contact retention, shards, sweep seconds
+--   fold:     seq of the first pbq entry read, entries read, JSON [start, n, field, count, ...]
+--             Returns the entries folded (0 if another worker folded them first).
 -- batch and expire return { totals, attributed, unattributed, pending, outbox id or "" }:
 --   totals       flat field, count pairs of what this call counted, summed over coarse buckets
 --                (the worker adds its order counts), plus "do" / "dc" for duplicate orders /
@@ -71,8 +77,8 @@ local fine_horizon = tonumber(ARGV[7])  -- older events are never read from fine
 local pair_ttl = tonumber(ARGV[8])  -- 0: attribute-value pairs are not counted
 local fine_buckets, coarse_buckets = {}, {}  -- bucket start -> field -> count
 local pair_buckets = {}  -- coarse bucket start -> pair field -> count
+local joined_pairs = {}  -- flat (coarse bucket start, cause, 'd:v,...') of joined contacts
 local discard = {}  -- the fine table of events older than the fine horizon: never written
-local MAX_FOLD_BLOBS = 200  -- pair blobs folded per call
 local duplicates = {}
 local attributed = {}
 local unattributed = {}
@@ -162,7 +168,12 @@ local function attribute(contact_id, cause, t, t_text, order_id, key, record)
   local fine, coarse = buckets(t)
   local order_time, attrs, pairs_ = parse_order(record)
   for _, pair in ipairs(pairs_) do add(fine, coarse, field('a:', cause, ':' .. pair), 1) end
-  if pair_ttl > 0 then add_pairs(t, 'q:' .. cause .. ':', pairs_, 1) end
+  if pair_ttl > 0 and #pairs_ > 1 then
+    local n = #joined_pairs
+    joined_pairs[n + 1] = string.format('%d', floor(t / coarse_res) * coarse_res)
+    joined_pairs[n + 2] = cause
+    joined_pairs[n + 3] = attrs
+  end
   if string.sub(record, 1, 1) == '0' then
     record = '1' .. string.sub(record, 2)
     redis.call('HSET', key, order_id, record)
@@ -323,35 +334,26 @@ local function apply_batch()
     redis.call('EXPIRE', key, ttl)
     i = i + 3 + 2 * n
   end
-  if ARGV[15] ~= '' then redis.call('RPUSH', 'cpo:pbq', ARGV[15]) end
   return true
 end
 
--- Add the queued pair counts to the pair buckets: the blobs of many batches merged first.
+-- Add a worker's sums of the first `count` pbq entries, unless another worker did already.
 local function fold_pairs()
-  if pair_ttl == 0 then
-    redis.call('DEL', 'cpo:pbq')  -- pairs were switched off
-    return
-  end
-  local blobs = redis.call('LRANGE', 'cpo:pbq', 0, MAX_FOLD_BLOBS - 1)
-  if #blobs == 0 then return end
-  redis.call('LTRIM', 'cpo:pbq', #blobs, -1)
-  local merged = {}
-  for _, blob in ipairs(blobs) do
-    for start, fields in pairs(cjson.decode(blob)) do
-      local counts = table_at(merged, start)
-      for name, n in pairs(fields) do counts[name] = (counts[name] or 0) + n end
-    end
-  end
-  for start, fields in pairs(merged) do
-    local key = 'cpo:pb:' .. coarse_res .. ':' .. start
-    for name, n in pairs(fields) do
-      if n ~= 0 and redis.call('HINCRBY', key, name, n) == 0 then
-        redis.call('HDEL', key, name)
-      end
+  local head = redis.call('LINDEX', 'cpo:pbq', 0)
+  if not head or string.match(head, '^%d+') ~= ARGV[9] then return 0 end
+  local count = tonumber(ARGV[10])
+  redis.call('LTRIM', 'cpo:pbq', count, -1)
+  local D = cjson.decode(ARGV[11])
+  local i = 1
+  while i <= #D do
+    local key, n = 'cpo:pb:' .. coarse_res .. ':' .. D[i], D[i + 1]
+    for j = i + 2, i + 1 + 2 * n, 2 do
+      if redis.call('HINCRBY', key, D[j], D[j + 1]) == 0 then redis.call('HDEL', key, D[j]) end
     end
     redis.call('EXPIRE', key, pair_ttl)
+    i = i + 2 + 2 * n
   end
+  return count
 end
 
 -- Forget the identities of one shard that arrived before the cutoff.
@@ -388,7 +390,6 @@ end
 local function expire_pending()
   local limit = tonumber(ARGV[9])
   sweep(tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
-  fold_pairs()
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
   if #due == 0 then return end
   local expired = {}  -- order_id -> set of its expired members
@@ -416,6 +417,8 @@ end
 
 if mode == 'register' then
   return register()
+elseif mode == 'fold' then
+  return fold_pairs()
 elseif mode == 'batch' then
   if not apply_batch() then
     return redis.error_reply('STALE_REGISTRY the label registries were reset')
@@ -445,7 +448,19 @@ local function flush(tables, prefix, ttl, sum)
 end
 flush(fine_buckets, 'cpo:b:' .. fine_res .. ':', fine_ttl, false)
 flush(coarse_buckets, 'cpo:b:' .. coarse_res .. ':', coarse_ttl, true)
-if next(pair_buckets) ~= nil then redis.call('RPUSH', 'cpo:pbq', cjson.encode(pair_buckets)) end
+-- This call's pair counts: the worker's (ARGV[15], orders) and the script's (joined contacts,
+-- duplicates taken back), as one pbq entry.
+if mode == 'batch' then
+  local own = {}
+  if next(pair_buckets) ~= nil then own.p = pair_buckets end
+  if #joined_pairs > 0 then own.q = joined_pairs end
+  local entry = { '', ARGV[15] }
+  if next(own) ~= nil then entry[3] = cjson.encode(own) end
+  if entry[2] ~= '' or entry[3] then
+    entry[1] = redis.call('INCR', 'cpo:pbq:seq')
+    redis.call('RPUSH', 'cpo:pbq', table.concat(entry, '\n'))
+  end
+end
 
 local outbox_id = ''
 if #attributed > 0 or #unattributed > 0 then

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 import redis
 
@@ -101,9 +102,9 @@ def test_a_contact_waits_for_its_order_then_expires_after_the_grace(settings: Se
 
 def test_pairs_of_values_are_counted_for_orders_and_joined_contacts(settings: Settings) -> None:
     # the contact at the order's time: both land in the same 5-minute bucket; the pair counts
-    # are queued, and folded into the pair buckets by the next expire call
+    # are queued, and folded into the pair buckets by a worker's timer
     run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")],
-                   [contact("k1", "late", "o1", t=NOW - 60)], NOW), ("expire_pending", NOW))
+                   [contact("k1", "late", "o1", t=NOW - 60)], NOW), ("fold_pairs",))
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     start = bucket_start(NOW - 60, COARSE_SECONDS)
     pairs = client.hgetall(f"cpo:pb:{COARSE_SECONDS}:{start}")
@@ -152,12 +153,12 @@ def test_a_later_duplicate_leaves_every_count_as_it_was(settings: Settings) -> N
     """The worker counts the duplicate as new; the script must take back exactly that, in the
     duplicate's own buckets and pairs (another time, other values), leaving no zero field."""
     run(settings, ("apply_batch", [order("o1", carrier="acme", region="eu")], [], NOW),
-        ("expire_pending", NOW))
+        ("fold_pairs",))
     before = all_buckets(settings)
     result, _ = run(settings, ("apply_batch",
                                [order("o1", NOW - 4000, carrier="bolt", region="us"),
                                 order("o1", NOW - 60, carrier="acme")], [], NOW),
-                    ("expire_pending", NOW))
+                    ("fold_pairs",))
     assert result.totals == {"do": 2}  # one in Redis already, one twice in the batch
     assert all_buckets(settings) == before
 
@@ -210,3 +211,27 @@ def test_contacts_waiting_for_one_order_expire_and_join_each_on_its_own(settings
     assert joined.totals["oc"] == 1
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     assert (client.zcard("cpo:pq"), client.exists("cpo:pw")) == (0, 0)
+
+
+def test_queued_pair_counts_are_folded_once_when_two_workers_race(settings: Settings) -> None:
+    """Two workers read the same queued entries; the second fold must change nothing, not even
+    drop the entry queued since."""
+    async def go():
+        state = RedisState(connect(settings), settings)
+        try:
+            await state.apply_batch([order("o1", carrier="acme", region="eu")], [], NOW)
+            stale = await state.client.lrange("cpo:pbq", 0, -1)  # what the slower worker read
+            folded = await state.fold_pairs()  # the faster worker
+            await state.apply_batch([order("o2", carrier="bolt", region="eu")], [], NOW)
+            late = await state.script(args=[
+                "fold", "0", *state._common, stale[0].split("\n", 1)[0], str(len(stale)),
+                orjson.dumps([str(bucket_start(NOW - 60, COARSE_SECONDS)), 1, "p:1:1:2:1", 1])])
+            return folded, int(late)
+        finally:
+            await state.client.aclose()
+    folded, late = asyncio.run(go())
+    assert (folded, late) == (1, 0)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    start = bucket_start(NOW - 60, COARSE_SECONDS)
+    assert client.hgetall(f"cpo:pb:{COARSE_SECONDS}:{start}") == {"p:1:1:2:1": "1"}
+    assert client.llen("cpo:pbq") == 1  # o2's counts, still queued
