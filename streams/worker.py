@@ -50,9 +50,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     A batch goes through three steps, and three batches overlap: batch N+2 is fetched and
     decoded (the worker's CPU) while batch N+1's script runs in Redis (another process) and
-    batch N's output records and offsets go to Kafka (round trips). The next fetch is asked for
-    as soon as one arrives, so the consumer thread turns it into records while this thread
-    decodes or waits for Redis. Redis takes the batches one
+    batch N's output records and offsets go to Kafka (round trips). Redis takes the batches one
     at a time, in order, and offsets are committed in order, each only after its batch's
     effects are durable. Counting a batch before the previous one is committed is safe: after
     a crash both are redelivered, and the script's identities count nothing twice.
@@ -62,11 +60,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
         counting: asyncio.Future | None = None  # the newest batch's script call
         outputs: deque[asyncio.Future] = deque()  # output and commit of counted batches
-        fetching = asyncio.ensure_future(self._wait_next_records(1.0))
         try:
             while not (self.should_stop or fetcher.should_stop):
-                records, active = await fetching
-                fetching = asyncio.ensure_future(self._wait_next_records(1.0))
+                records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     continue
                 batch = [
@@ -87,10 +83,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 previous = outputs[-1] if outputs else None
                 outputs.append(asyncio.ensure_future(
                     self._output(processor, prepared, counting, previous, offsets)))
-                # Let the script call go out now: the next fetch is usually ready already, so
-                # nothing below would suspend before the next batch's decode, and Redis would
-                # sit idle through it.
-                await asyncio.sleep(0)
             for step in outputs:
                 await step
         except (asyncio.CancelledError, *self.consumer_stopped_errors):
@@ -100,7 +92,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
         finally:
-            fetching.cancel()
             for step in (counting, *outputs):  # stopping: uncommitted batches are redelivered
                 if step is not None and not step.done():
                     step.cancel()
