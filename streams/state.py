@@ -147,7 +147,7 @@ class Registry:
 
     def text(self, row: tuple[int, ...]) -> str:
         """The ",d:v,..." part of an order record for a row of value ids."""
-        if len(self.texts) > 100_000:  # bounded: rows are mostly repeated, rarely unique
+        if len(self.texts) > 100_000:  # bounded; it pays off only for the rows that repeat
             self.texts.clear()
         text = self.texts[row] = "".join(
             [texts[v] for texts, v in zip(self._pair_texts, row) if v != ABSENT])
@@ -169,10 +169,6 @@ class ScriptBatch:
     contacts_arg: bytes
     orders_arg: bytes | None = None  # None: some value needs registering first
     tally: Tally | None = None
-
-
-class StaleRegistry(Exception):
-    """The registries were reset (Redis flushed or restored): cached ids mean nothing now."""
 
 
 class RedisState:
