@@ -64,18 +64,21 @@ class OrderTally:
         tally = Tally()
         if len(times) == 0:
             return tally
-        self._add_singles(tally, COARSE_SECONDS, self.coarse_ttl, times, values, totals=True)
+        coarse = _buckets(times, COARSE_SECONDS)
+        self._add_singles(tally, COARSE_SECONDS, self.coarse_ttl, coarse, values, totals=True)
         recent = times >= now - self.fine_horizon  # the script's test, on the same numbers
         if recent.any():
-            self._add_singles(tally, FINE_SECONDS, self.fine_ttl, times[recent], values[recent],
+            self._add_singles(tally, FINE_SECONDS, self.fine_ttl,
+                              _buckets(times[recent], FINE_SECONDS), values[recent],
                               totals=False)
         if self.pairs:
-            self._add_pairs(tally, times, values)
+            self._add_pairs(tally, coarse, values)
         return tally
 
-    def _add_singles(self, tally: Tally, resolution: int, ttl: int, times: np.ndarray,
-                     values: np.ndarray, totals: bool) -> None:
-        starts, index = np.unique(times // resolution * resolution, return_inverse=True)
+    def _add_singles(self, tally: Tally, resolution: int, ttl: int,
+                     buckets: tuple[np.ndarray, np.ndarray], values: np.ndarray,
+                     totals: bool) -> None:
+        starts, index = buckets
         counts = [tally.buckets.setdefault(bucket_key(resolution, int(s)), (ttl, {}))[1]
                   for s in starts]
         for b, n in enumerate(np.bincount(index, minlength=len(starts)).tolist()):
@@ -94,8 +97,9 @@ class OrderTally:
                 for name, n in bucket_counts.items():
                     tally.totals[name] = tally.totals.get(name, 0) + n
 
-    def _add_pairs(self, tally: Tally, times: np.ndarray, values: np.ndarray) -> None:
-        starts, index = np.unique(times // COARSE_SECONDS * COARSE_SECONDS, return_inverse=True)
+    def _add_pairs(self, tally: Tally, coarse: tuple[np.ndarray, np.ndarray],
+                   values: np.ndarray) -> None:
+        starts, index = coarse
         counts = [tally.pairs.setdefault(str(int(s)), {}) for s in starts]
         width = self.max_values
         per_pair = width * width
@@ -117,3 +121,8 @@ class OrderTally:
         first, second = divmod(values, self.max_values)
         a, b = self.column_pairs[pair_index]
         return f"p:{self.dim_ids[a]}:{first}:{self.dim_ids[b]}:{second}"
+
+
+def _buckets(times: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct bucket starts of `times`, and each time's index among them."""
+    return np.unique(times // resolution * resolution, return_inverse=True)

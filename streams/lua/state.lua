@@ -106,11 +106,16 @@ local function buckets(t)
   return fine, table_at(coarse_buckets, floor(t / coarse_res) * coarse_res)
 end
 
+-- The start of t's coarse bucket, as text (the pair queue's JSON keys are strings).
+local function coarse_start(t)
+  return string.format('%d', floor(t / coarse_res) * coarse_res)
+end
+
 -- Counts per pair of attribute values (root-cause drill-down), in coarse buckets of their own:
 -- 'p:<d>:<v>:<d>:<v>' for orders, 'q:<cause>:<d>:<v>:<d>:<v>' for joined contacts.
 local pair_field_cache = {}
 local function add_pairs(t, prefix, pairs_, n)
-  local counts = table_at(pair_buckets, string.format('%d', floor(t / coarse_res) * coarse_res))
+  local counts = table_at(pair_buckets, coarse_start(t))
   local cache = table_at(pair_field_cache, prefix)
   local size = #pairs_
   for a = 1, size - 1 do
@@ -170,7 +175,7 @@ local function attribute(contact_id, cause, t, t_text, order_id, key, record)
   for _, pair in ipairs(pairs_) do add(fine, coarse, field('a:', cause, ':' .. pair), 1) end
   if pair_ttl > 0 and #pairs_ > 1 then
     local n = #joined_pairs
-    joined_pairs[n + 1] = string.format('%d', floor(t / coarse_res) * coarse_res)
+    joined_pairs[n + 1] = coarse_start(t)
     joined_pairs[n + 2] = cause
     joined_pairs[n + 3] = attrs
   end
