@@ -65,16 +65,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 records, active = await self._wait_next_records(1.0)
                 if not records or self.should_stop:
                     continue
-                batch = [
-                    record
-                    for tp, tp_records in records.items()
-                    if active is None or tp in active
-                    for record in tp_records
-                ]
-                if not batch:
+                fetched = [(tp, tp_records) for tp, tp_records in records.items()
+                           if tp_records and (active is None or tp in active)]
+                if not fetched:
                     continue
-                prepared = processor.prepare(batch)
-                offsets = {TP(r.topic, r.partition): r.offset + 1 for r in batch}
+                prepared = processor.prepare(
+                    [record for _, tp_records in fetched for record in tp_records])
+                offsets = {TP(tp.topic, tp.partition): tp_records[-1].offset + 1
+                           for tp, tp_records in fetched}
                 if counting is not None:
                     await counting
                 while len(outputs) >= MAX_BATCHES_OUTPUTTING:  # Kafka sets the pace too

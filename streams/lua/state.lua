@@ -137,29 +137,31 @@ local function add(fine, coarse, field, n)
   coarse[field] = (coarse[field] or 0) + n
 end
 
--- Cached field names: 'a:<cause>:<d>:<v>' per cause and pair, 'c:<cause>', 'u:<cause>:<r>'.
+-- Field names, cached so that no string is built per count: field('c:', cause) is
+-- 'c:<cause>', field('u:', cause, 'f') 'u:<cause>:f', field('a:', cause, '<d>:<v>')
+-- 'a:<cause>:<d>:<v>'.
 local field_cache = {}
 local function field(prefix, cause, suffix)
-  local by_cause = table_at(field_cache, prefix .. cause)
-  local name = by_cause[suffix]
+  local by_suffix = table_at(table_at(field_cache, prefix), cause)
+  local key = suffix or ''
+  local name = by_suffix[key]
   if not name then
-    name = prefix .. cause .. suffix
-    by_cause[suffix] = name
+    name = prefix .. cause .. (suffix and ':' .. suffix or '')
+    by_suffix[key] = name
   end
   return name
 end
 
--- An order record's event time and its 'd:v' pairs.
+-- An order record's event time and its 'd:v,d:v' text.
 local function parse_order(record)
-  local order_time, attrs = string.match(record, '^.%d+,(%-?%d+),?(.*)$')
-  local pairs_ = {}
-  for pair in string.gmatch(attrs, '[^,]+') do pairs_[#pairs_ + 1] = pair end
-  return order_time, attrs, pairs_
+  return string.match(record, '^.%d+,(%-?%d+),?(.*)$')
 end
 
 -- Take back the worker's counts of an order that was already known.
 local function uncount_order(record)
-  local order_time, _, pairs_ = parse_order(record)
+  local order_time, attrs = parse_order(record)
+  local pairs_ = {}
+  for pair in string.gmatch(attrs, '[^,]+') do pairs_[#pairs_ + 1] = pair end
   local t = tonumber(order_time)
   local fine, coarse = buckets(t)
   add(fine, coarse, 'o', -1)
@@ -171,9 +173,9 @@ end
 -- with the contacted flag set.
 local function attribute(contact_id, cause, t, t_text, order_id, key, record)
   local fine, coarse = buckets(t)
-  local order_time, attrs, pairs_ = parse_order(record)
-  for _, pair in ipairs(pairs_) do add(fine, coarse, field('a:', cause, ':' .. pair), 1) end
-  if pair_ttl > 0 and #pairs_ > 1 then
+  local order_time, attrs = parse_order(record)
+  for pair in string.gmatch(attrs, '[^,]+') do add(fine, coarse, field('a:', cause, pair), 1) end
+  if pair_ttl > 0 and string.find(attrs, ',', 1, true) then
     local n = #joined_pairs
     joined_pairs[n + 1] = coarse_start(t)
     joined_pairs[n + 2] = cause
@@ -196,7 +198,7 @@ end
 
 local function unattribute(contact_id, cause, t, t_text, reason)
   local fine, coarse = buckets(t)
-  add(fine, coarse, field('u:', cause, ':' .. reason), 1)
+  add(fine, coarse, field('u:', cause, reason), 1)
   local n = #unattributed
   unattributed[n + 1] = contact_id
   unattributed[n + 2] = cause
@@ -309,7 +311,7 @@ local function apply_batch()
         cause = registry_id('cpo:reg:cause', cause_name, max_causes)
       end
       local fine, coarse = buckets(t)
-      add(fine, coarse, field('c:', cause, ''), 1)
+      add(fine, coarse, field('c:', cause), 1)
       if order_id == '' then
         unattribute(contact_id, cause, t, t_text, 'n')
       else
