@@ -134,8 +134,12 @@ class Prepared:
     rejected: list[tuple[Record, Rejection]]
 
 
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
+def utc(t: float) -> datetime:
+    """Epoch seconds as a UTC datetime; orjson writes it as RFC 3339 with `Z` (OUTPUT_JSON)."""
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+OUTPUT_JSON = orjson.OPT_UTC_Z  # '2026-11-23T12:00:00.5Z', not '+00:00'
 
 
 class BatchProcessor:
@@ -266,25 +270,27 @@ class BatchProcessor:
         for contact in result.attributed:
             value = {
                 "contact_id": contact.contact_id,
-                "occurred_at": rfc3339(contact.contact_time),
+                "occurred_at": utc(contact.contact_time),
                 "cause": labels.cause(contact.cause_id),
                 "order_id": contact.order_id,
-                "order_occurred_at": rfc3339(contact.order_time),
+                "order_occurred_at": utc(contact.order_time),
                 "delay_seconds": round(contact.contact_time - contact.order_time, 3),
                 "attributed": True,
                 "reason": None,
                 "attributes": {labels.dimensions[d]: labels.value(d, v) for d, v in contact.pairs},
             }
-            records.append((contact.contact_id.encode(), orjson.dumps(value), []))
+            records.append((contact.contact_id.encode(), orjson.dumps(value, option=OUTPUT_JSON),
+                            []))
         for contact in result.unattributed:
             value = {
                 "contact_id": contact.contact_id,
-                "occurred_at": rfc3339(contact.contact_time),
+                "occurred_at": utc(contact.contact_time),
                 "cause": labels.cause(contact.cause_id),
                 "attributed": False,
                 "reason": contact.reason,
             }
-            records.append((contact.contact_id.encode(), orjson.dumps(value), []))
+            records.append((contact.contact_id.encode(), orjson.dumps(value, option=OUTPUT_JSON),
+                            []))
         return records
 
     @staticmethod

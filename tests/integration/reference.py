@@ -11,6 +11,7 @@ the window bounds, which are part of the documented semantics.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -212,7 +213,8 @@ def compute(data: Dataset, now: float, registered: dict[str, set[str]],
             reason = "no_order_id" if contact.order_id is None else "order_not_found"
             totals[("cpo_contacts_unattributed_total",
                     (("cause", cause), ("reason", reason)))] += 1
-            outputs[contact.contact_id] = {"cause": cause, "attributed": False, "reason": reason}
+            outputs[contact.contact_id] = {"cause": cause, "attributed": False, "reason": reason,
+                                           "occurred_at": iso(contact.t)}
             continue
         order = orders[contact.order_id]
         contacted.add(order.order_id)
@@ -222,7 +224,10 @@ def compute(data: Dataset, now: float, registered: dict[str, set[str]],
                     (("cause", cause), ("dimension", dim), ("value", value)))] += 1
         totals[("cpo_contact_delay_seconds_count", (("cause", cause),))] += 1
         outputs[contact.contact_id] = {"cause": cause, "attributed": True, "reason": None,
-                                       "order_id": order.order_id, "attributes": attrs}
+                                       "order_id": order.order_id, "attributes": attrs,
+                                       # order records keep whole seconds (lua/state.lua)
+                                       "occurred_at": iso(contact.t),
+                                       "order_occurred_at": iso(math.floor(order.t))}
     totals[("cpo_orders_contacted_total", ())] = len(contacted)
     for kind, n in data.duplicates.items():
         topic = topics[0] if kind == "orders" else topics[1]
