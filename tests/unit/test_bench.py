@@ -172,6 +172,8 @@ def test_the_document_derives_rates_ratios_and_scaling() -> None:
     assert one["ratio_to_baseline"] == 0.25
     assert one["redis_records_per_second"] == pytest.approx(500_000 / 9.5)
     assert one["cpu_us_per_record"] == pytest.approx(18.0)
+    assert one["cores_busy"] == pytest.approx((9.0 + 4.0 + 0.5) / 10.0)
+    assert two["cores_busy"] == pytest.approx((10.0 + 4.2) / 6.0)  # no embedded broker
     assert two["records_per_second"] == pytest.approx(500_000 / 6.0)
     assert document["scaling_2w_over_1w"] == pytest.approx(10.0 / 6.0)
     assert document["data"]["preload_records_per_second"] == 100_000.0
