@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -40,6 +40,8 @@ PROBE_TIMEOUT_SECONDS = 2.0
 # than this goes to the DLQ cut to this size, its original size in a header, instead of failing
 # its batch on every retry: a poison pill that would stop its partition for good.
 MAX_DLQ_RECORD_BYTES = 15 * 1024 * 1024
+# Records decoded between two yields to the event loop (about 5 ms of CPU).
+DECODE_CHUNK = 500
 
 
 class Record(Protocol):
@@ -186,25 +188,29 @@ class BatchProcessor:
         else:
             self.health.probe_succeeded(dependency)
 
-    def prepare(self, records: Iterable[Record]) -> Prepared:
+    async def prepare(self, records: list[Record]) -> Prepared:
         """Decode one batch (CPU only): the worker does this for the next batch while the
-        previous batch's script runs in Redis."""
+        previous batch's script runs in Redis. It yields to the event loop every DECODE_CHUNK
+        records, so a script call that returns meanwhile is followed at once by the next."""
         now, started = time.time(), time.perf_counter()
         orders: list[OrderEvent] = []
         contacts: list[ContactEvent] = []
         rejected: list[tuple[Record, Rejection]] = []
         orders_topic = self.topics[0]
-        for record in records:
-            if record.topic == orders_topic:
-                event = decode_order(record.value or b"", now)
-                target: list = orders
-            else:
-                event = decode_contact(record.value or b"", now)
-                target = contacts
-            if isinstance(event, Rejection):
-                rejected.append((record, event))
-            else:
-                target.append(event)
+        for first in range(0, len(records), DECODE_CHUNK):
+            if first:
+                await asyncio.sleep(0)
+            for record in records[first:first + DECODE_CHUNK]:
+                if record.topic == orders_topic:
+                    event = decode_order(record.value or b"", now)
+                    target: list = orders
+                else:
+                    event = decode_contact(record.value or b"", now)
+                    target = contacts
+                if isinstance(event, Rejection):
+                    rejected.append((record, event))
+                else:
+                    target.append(event)
         return Prepared(now, started, self.state.prepare(orders, contacts, now), rejected)
 
     async def count(self, prepared: Prepared) -> BatchResult:

@@ -10,10 +10,10 @@ registries; it holds no state of its own beyond a cache of those registries.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from zlib import crc32
 
 import numpy as np
 import orjson
@@ -41,7 +41,7 @@ MAX_FOLD_ENTRIES = 500  # batches' pair counts per fold call
 
 
 def shard_of(identity: str) -> int:
-    return zlib.crc32(identity.encode()) % IDENTITY_SHARDS
+    return crc32(identity.encode()) % IDENTITY_SHARDS
 
 
 def identity_key(kind: str, identity: str) -> str:
@@ -133,17 +133,23 @@ class Registry:
         # One column per dimension, in ascending dimension id (the order of pairs in fields).
         order = sorted(range(len(dimensions)), key=lambda i: dim_ids[i])
         self.columns = {dimensions[i]: column for column, i in enumerate(order)}
-        # (dimension, value -> id): an absent or empty value maps to ABSENT, `other` to 0.
-        self.lookups = [(dimensions[i], {None: ABSENT, "": ABSENT, OTHER: 0}) for i in order]
+        self.names = tuple(dimensions[i] for i in order)
+        # Per column, value -> id: an absent or empty value maps to ABSENT, `other` to 0.
+        self.ids = [{None: ABSENT, "": ABSENT, OTHER: 0} for _ in order]
         self._pair_texts = [[f",{dim_ids[i]}:{v}" for v in range(max_values)] for i in order]
         self.texts: dict[tuple[int, ...], str] = {}  # row of ids -> ",d:v,d:v" (cache)
         self.tally = tally
 
     def known(self, dimension: str, value: str) -> bool:
-        return value in self.lookups[self.columns[dimension]][1]
+        return value in self.ids[self.columns[dimension]]
 
     def learn(self, dimension: str, value: str, value_id: int) -> None:
-        self.lookups[self.columns[dimension]][1][value] = value_id
+        self.ids[self.columns[dimension]][value] = value_id
+
+    def row(self, attributes: dict[str, str]) -> tuple[int | None, ...]:
+        """An order's value ids by column; None for a value without an id yet. (`map` over
+        bound methods keeps the per-dimension loop in C: this runs once per order.)"""
+        return tuple(map(dict.get, self.ids, map(attributes.get, self.names)))
 
     def text(self, row: tuple[int, ...]) -> str:
         """The ",d:v,..." part of an order record for a row of value ids."""
@@ -245,30 +251,29 @@ class RedisState:
         With `provisional`, a value still without an id is counted as `other`: only the values
         of already-known orders are left unregistered, and the script takes those back.
         """
-        lookups, texts = registry.lookups, registry.texts
+        texts, row_of = registry.texts, registry.row
         arrival = int(batch.now)
         flat: list = []
         times: list[int] = []
         rows: list[int] = []
         for order in batch.orders:
-            get = order.attributes.get
-            row = [ids.get(get(name)) for name, ids in lookups]
+            row = row_of(order.attributes)
             if None in row:
                 if not provisional:
                     return
-                row = [0 if v is None else v for v in row]
-            key = tuple(row)
-            text = texts.get(key)
+                row = tuple(0 if v is None else v for v in row)
+            text = texts.get(row)
             if text is None:
-                text = registry.text(key)
+                text = registry.text(row)
             t = math.floor(order.occurred_at)
-            flat += (order.order_id, shard_of(order.order_id), f"0{arrival},{t}{text}")
+            order_id = order.order_id
+            flat += (order_id, crc32(order_id.encode()) % IDENTITY_SHARDS, f"0{arrival},{t}{text}")
             times.append(t)
             rows += row
         batch.orders_arg = orjson.dumps(flat)
         batch.tally = registry.tally.count(
             np.array(times, dtype=np.int64),
-            np.array(rows, dtype=np.int64).reshape(len(times), len(lookups)), batch.now)
+            np.array(rows, dtype=np.int64).reshape(len(times), len(registry.names)), batch.now)
 
     def register_args(self, orders: list[OrderEvent], known: Registry | None) -> list:
         """The script's arguments registering the values `known` lacks, order by order (the

@@ -30,7 +30,7 @@ from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
 from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
 from streams.settings import Settings, load_settings
-from streams.state import RedisState, connect
+from streams.state import BatchResult, RedisState, connect
 
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
@@ -40,25 +40,35 @@ OUTBOX_SWEEP_SECONDS = 10.0
 # A live worker acknowledges its outbox entries within one batch; older ones are orphans.
 OUTBOX_ORPHAN_SECONDS = 60.0
 # Counted batches whose output and commit may be in flight at once (memory and redelivery stay
-# bounded while Kafka is slow).
-MAX_BATCHES_OUTPUTTING = 2
+# bounded while Kafka is slow). An output takes a produce round trip and a Redis call that
+# queues behind the running script, and its awaits resume only between two batches' decoding:
+# about 200 ms per batch on the benchmark, longer than a batch's script, so outputs overlap.
+MAX_BATCHES_OUTPUTTING = 4
+# Decoded batches waiting for or in their script call: one runs in Redis, the next is ready to
+# go the moment it returns.
+MAX_BATCHES_COUNTING = 2
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a drain loop that works per fetch, not per record.
 
-    A batch goes through three steps, and three batches overlap: batch N+2 is fetched and
-    decoded (the worker's CPU) while batch N+1's script runs in Redis (another process) and
-    batch N's output records and offsets go to Kafka (round trips). Redis takes the batches one
-    at a time, in order, and offsets are committed in order, each only after its batch's
-    effects are durable. Counting a batch before the previous one is committed is safe: after
-    a crash both are redelivered, and the script's identities count nothing twice.
+    A batch goes through three steps, and they overlap: batch N+2 is fetched and decoded (the
+    worker's CPU) while batch N+1's script runs in Redis (another process) and the output
+    records of batch N and earlier go to Kafka (round trips). Redis takes the batches one at a
+    time, in order: each script call is chained to the previous one and goes out as soon as
+    that one returns, and the decode yields to the event loop between chunks so that this
+    hand-off does not wait for a whole batch's decode (Redis would idle meanwhile). Outputs of
+    several batches run at once, in any order; offsets are committed in batch order, each only
+    after its batch's effects are durable. Counting a batch before the previous one is
+    committed is safe: after a crash both are redelivered, and the script's identities count
+    nothing twice.
     """
 
     async def _drain_messages(self, fetcher: Any) -> None:
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
         counting: asyncio.Future | None = None  # the newest batch's script call
+        uncounted: deque[asyncio.Future] = deque()  # script calls not returned yet
         outputs: deque[asyncio.Future] = deque()  # output and commit of counted batches
         try:
             while not (self.should_stop or fetcher.should_stop):
@@ -69,15 +79,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
                            if tp_records and (active is None or tp in active)]
                 if not fetched:
                     continue
-                prepared = processor.prepare(
+                prepared = await processor.prepare(
                     [record for _, tp_records in fetched for record in tp_records])
                 offsets = {TP(tp.topic, tp.partition): tp_records[-1].offset + 1
                            for tp, tp_records in fetched}
-                if counting is not None:
-                    await counting
+                while len(uncounted) >= MAX_BATCHES_COUNTING:
+                    await uncounted.popleft()
                 while len(outputs) >= MAX_BATCHES_OUTPUTTING:  # Kafka sets the pace too
                     await outputs.popleft()
-                counting = asyncio.ensure_future(processor.count(prepared))
+                counting = asyncio.ensure_future(self._count(processor, prepared, counting))
+                uncounted.append(counting)
                 previous = outputs[-1] if outputs else None
                 outputs.append(asyncio.ensure_future(
                     self._output(processor, prepared, counting, previous, offsets)))
@@ -90,17 +101,23 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
         finally:
-            for step in (counting, *outputs):  # stopping: uncommitted batches are redelivered
-                if step is not None and not step.done():
+            for step in (*uncounted, *outputs):  # stopping: uncommitted batches are redelivered
+                if not step.done():
                     step.cancel()
+
+    @staticmethod
+    async def _count(processor: BatchProcessor, prepared: Prepared,
+                     previous: asyncio.Future | None) -> BatchResult:
+        if previous is not None:
+            await previous  # scripts in batch order, one at a time
+        return await processor.count(prepared)
 
     async def _output(self, processor: BatchProcessor, prepared: Prepared,
                       counting: asyncio.Future, previous: asyncio.Future | None,
                       offsets: dict[TP, int]) -> None:
-        result = await counting
+        await processor.output(prepared, await counting)  # overlaps other batches' outputs
         if previous is not None:
-            await previous  # outputs and commits in batch order
-        await processor.output(prepared, result)
+            await previous  # commits in batch order
         for tp, offset in offsets.items():
             self._read_offset[tp] = offset - 1
         await processor.kafka_call(lambda: self._commit_offsets(offsets), "commit offsets")
