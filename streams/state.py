@@ -147,8 +147,7 @@ class Registry:
         self.ids[self.columns[dimension]][value] = value_id
 
     def row(self, attributes: dict[str, str]) -> tuple[int | None, ...]:
-        """An order's value ids by column; None for a value without an id yet. (`map` over
-        bound methods keeps the per-dimension loop in C: this runs once per order.)"""
+        """An order's value ids by column; None for a value without an id yet."""
         return tuple(map(dict.get, self.ids, map(attributes.get, self.names)))
 
     def text(self, row: tuple[int, ...]) -> str:
@@ -266,8 +265,7 @@ class RedisState:
             if text is None:
                 text = registry.text(row)
             t = math.floor(order.occurred_at)
-            order_id = order.order_id
-            flat += (order_id, crc32(order_id.encode()) % IDENTITY_SHARDS, f"0{arrival},{t}{text}")
+            flat += (order.order_id, shard_of(order.order_id), f"0{arrival},{t}{text}")
             times.append(t)
             rows += row
         batch.orders_arg = orjson.dumps(flat)
