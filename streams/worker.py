@@ -41,8 +41,8 @@ OUTBOX_SWEEP_SECONDS = 10.0
 OUTBOX_ORPHAN_SECONDS = 60.0
 # Counted batches whose output and commit may be in flight at once (memory and redelivery stay
 # bounded while Kafka is slow). An output takes a produce round trip and a Redis call that
-# queues behind the running script, and its awaits resume only between two batches' decoding:
-# about 200 ms per batch on the benchmark, longer than a batch's script, so outputs overlap.
+# queues behind the running script: a median 190 ms per batch on the benchmark, longer than a
+# batch's script, so outputs overlap.
 MAX_BATCHES_OUTPUTTING = 4
 # Decoded batches waiting for or in their script call: one runs in Redis, the next is ready to
 # go the moment it returns.
