@@ -283,7 +283,7 @@ class BatchProcessor:
                 "delay_seconds": round(contact.contact_time - contact.order_time, 3),
                 "attributed": True,
                 "reason": None,
-                "attributes": {labels.dimensions[d]: labels.value(d, v) for d, v in contact.pairs},
+                "attributes": labels.attributes(contact.values),
             }
             records.append((contact.contact_id.encode(), orjson.dumps(value, option=OUTPUT_JSON),
                             []))

@@ -65,7 +65,7 @@ class Attributed:
     order_id: str
     order_time: int
     contact_time: float
-    pairs: tuple[tuple[int, int], ...]  # (dimension id, value id)
+    values: str  # the order's attribute values, "d:v,d:v" (dimension id:value id), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,13 @@ class Labels:
     causes: dict[int, str] = field(default_factory=dict)
     dimensions: dict[int, str] = field(default_factory=dict)
     values: dict[tuple[int, int], str] = field(default_factory=dict)
+    # "d:v" (as in fields and an attributed contact's values) -> (dimension, value)
+    pairs: dict[str, tuple[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pairs = {f"{d}:0": (name, OTHER) for d, name in self.dimensions.items()}
+        self.pairs.update({f"{d}:{v}": (self.dimensions[d], value)
+                           for (d, v), value in self.values.items() if d in self.dimensions})
 
     def cause(self, cause_id: int) -> str:
         return self.causes.get(cause_id, OTHER)
@@ -99,17 +106,14 @@ class Labels:
     def value(self, dim_id: int, value_id: int) -> str:
         return self.values.get((dim_id, value_id), OTHER)
 
-    def knows(self, cause_ids: Iterable[int], pairs: Iterable[tuple[int, int]]) -> bool:
+    def attributes(self, values: str) -> dict[str, str]:
+        """An attributed contact's "d:v,d:v" as {dimension: value}."""
+        return dict(map(self.pairs.__getitem__, values.split(","))) if values else {}
+
+    def knows(self, cause_ids: Iterable[int], pairs: Iterable[str]) -> bool:
+        """Whether every cause id and every "d:v" has its label here."""
         return all(c == 0 or c in self.causes for c in cause_ids) and all(
-            d in self.dimensions and (v == 0 or (d, v) in self.values) for d, v in pairs
-        )
-
-
-def parse_pairs(text: str) -> tuple[tuple[int, int], ...]:
-    """'1:3,2:0' -> ((1, 3), (2, 0))."""
-    if not text:
-        return ()
-    return tuple((int(d), int(v)) for d, v in (pair.split(":") for pair in text.split(",")))
+            p in self.pairs for p in pairs)
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -353,8 +357,8 @@ class RedisState:
         entries = await self.client.xrange(OUTBOX, "-", str(cutoff_ms), count=limit)
         result = BatchResult()
         for outbox_id, fields in entries:
-            result.attributed += parse_attributed(orjson.loads(fields["a"]))
-            result.unattributed += parse_unattributed(orjson.loads(fields["u"]))
+            result.attributed += parse_attributed(fields["a"])
+            result.unattributed += parse_unattributed(fields["u"])
             result.outbox_ids.append(outbox_id)
         return result
 
@@ -364,11 +368,12 @@ class RedisState:
     async def labels(self, result: BatchResult | None = None) -> Labels:
         """The label registries, reloaded when `result` mentions an id not seen before."""
         if result is not None:
-            causes = [a.cause_id for a in result.attributed]
-            causes += [u.cause_id for u in result.unattributed]
-            pairs = [p for a in result.attributed for p in a.pairs]
-            causes += [int(f.split(":")[1]) for f in result.totals if f.startswith(("c:", "a:", "u:"))]
-            pairs += [_field_pair(f) for f in result.totals if f.startswith(("o:", "a:"))]
+            causes = {a.cause_id for a in result.attributed}
+            causes.update(u.cause_id for u in result.unattributed)
+            causes.update(int(f.split(":")[1]) for f in result.totals
+                          if f.startswith(("c:", "a:", "u:")))
+            pairs = {p for a in result.attributed if a.values for p in a.values.split(",")}
+            pairs.update(_field_pair(f) for f in result.totals if f.startswith(("o:", "a:")))
             if self._labels.knows(causes, pairs):
                 return self._labels
         self._labels = await read_labels(self.client)
@@ -405,23 +410,24 @@ def add_pair_counts(sums: dict[str, dict[str, int]], entry: dict) -> None:
                 into[name] = into.get(name, 0) + 1
 
 
-def parse_attributed(flat: list | dict) -> list[Attributed]:
-    """The script's flat attributed list (an empty one may arrive as `{}` from cjson)."""
-    return [Attributed(str(flat[i]), int(flat[i + 1]), str(flat[i + 2]), int(flat[i + 3]),
-                       float(flat[i + 4]), parse_pairs(str(flat[i + 5])))
+def parse_attributed(text: str) -> list[Attributed]:
+    """The script's JSON flat attributed list ("" or `{}` from cjson when empty)."""
+    flat = orjson.loads(text) if text else ()
+    return [Attributed(flat[i], flat[i + 1], flat[i + 2], int(flat[i + 3]), float(flat[i + 4]),
+                       flat[i + 5])
             for i in range(0, len(flat), 6)]
 
 
-def parse_unattributed(flat: list | dict) -> list[Unattributed]:
-    return [Unattributed(str(flat[i]), int(flat[i + 1]), UNATTRIBUTED_REASONS[flat[i + 2]],
+def parse_unattributed(text: str) -> list[Unattributed]:
+    flat = orjson.loads(text) if text else ()
+    return [Unattributed(flat[i], flat[i + 1], UNATTRIBUTED_REASONS[flat[i + 2]],
                          float(flat[i + 3]))
             for i in range(0, len(flat), 4)]
 
 
-def _field_pair(field_name: str) -> tuple[int, int]:
-    """'o:1:3' or 'a:2:1:3' -> (1, 3)."""
-    parts = field_name.split(":")
-    return int(parts[-2]), int(parts[-1])
+def _field_pair(field_name: str) -> str:
+    """'o:1:3' or 'a:2:1:3' -> '1:3'."""
+    return ":".join(field_name.split(":")[-2:])
 
 
 async def read_labels(client: aioredis.Redis) -> Labels:

@@ -62,8 +62,9 @@
 --   totals       flat field, count pairs of what this call counted, summed over coarse buckets
 --                (the worker adds its order counts), plus "do" / "dc" for duplicate orders /
 --                contacts
---   attributed   flat (contact_id, cause id, order_id, order time, contact time, "d:v,d:v")
---   unattributed flat (contact_id, cause id, reason "n" | "f", contact time)
+--   attributed   JSON flat (contact_id, cause id, order_id, order time, contact time,
+--                "d:v,d:v"), or "" when the call counted no contact (an empty list is "{}")
+--   unattributed JSON flat (contact_id, cause id, reason "n" | "f", contact time), or ""
 --   pending      contacts that started waiting for their order in this call
 -- Hot path: field names are built once per call and cached, and every count goes to a
 -- per-bucket Lua table first, so Redis sees one HINCRBY per distinct field and bucket.
@@ -469,10 +470,13 @@ if mode == 'batch' then
   end
 end
 
-local outbox_id = ''
+-- The counted contacts go out as the JSON held in the outbox entry: one string each, parsed
+-- by the worker in one call, not a reply element per value.
+local outbox_id, attributed_json, unattributed_json = '', '', ''
 if #attributed > 0 or #unattributed > 0 then
-  outbox_id = redis.call('XADD', 'cpo:outbox', '*', 'a', cjson.encode(attributed),
-                         'u', cjson.encode(unattributed))
+  attributed_json, unattributed_json = cjson.encode(attributed), cjson.encode(unattributed)
+  outbox_id = redis.call('XADD', 'cpo:outbox', '*', 'a', attributed_json,
+                         'u', unattributed_json)
 end
 
 local flat_totals = {}
@@ -482,4 +486,4 @@ for name, n in pairs(totals) do
     flat_totals[#flat_totals + 1] = tostring(n)
   end
 end
-return { flat_totals, attributed, unattributed, pending, outbox_id }
+return { flat_totals, attributed_json, unattributed_json, pending, outbox_id }

@@ -38,7 +38,7 @@ def test_count_turns_fields_into_labelled_counters() -> None:
     result = BatchResult(
         totals={"o": 3, "o:1:1": 2, "o:1:0": 1, "c:1": 2, "c:0": 1, "a:1:1:1": 1, "oc": 1,
                 "do": 4, "dc": 5, "u:0:n": 1},
-        attributed=[Attributed("k1", 1, "o1", 100, 160.0, ((1, 1),))],
+        attributed=[Attributed("k1", 1, "o1", 100, 160.0, "1:1")],
         unattributed=[Unattributed("k2", 0, "no_order_id", 50.0)],
     )
     for _ in range(2):  # the second pass goes through the cached children
