@@ -10,6 +10,7 @@ the window bounds, which are part of the documented semantics.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -284,6 +285,31 @@ def window_samples(data: Dataset, now: float, registered: dict[str, set[str]]) -
             if orders_by[(dim, value)]:
                 samples[("cpo_defect_rate_by_attribute", labels)] = n / orders_by[(dim, value)]
     return samples
+
+
+def pair_counts(data: Dataset, registered: dict[str, set[str]],
+                coarse_seconds: int) -> Counter:
+    """What the root-cause pair buckets must hold: per coarse bucket start, each order counted
+    once per pair of its tracked values ("orders"), each joined contact once per pair of its
+    order's values, under its cause. A pair is a frozenset of two (dimension, value)."""
+    orders = {o.order_id: o for o in data.orders}
+    counts: Counter = Counter()
+
+    def pairs(order: Order) -> list[frozenset]:
+        values = sorted((dim, fold(v, dim, registered)) for dim, v in tracked(order).items())
+        return [frozenset(pair) for pair in itertools.combinations(values, 2)]
+
+    for order in data.orders:
+        start = math.floor(order.t / coarse_seconds) * coarse_seconds
+        for pair in pairs(order):
+            counts[(start, "orders", pair)] += 1
+    for contact in data.contacts:
+        order = orders.get(contact.order_id or "")
+        if order is not None:
+            start = math.floor(contact.t / coarse_seconds) * coarse_seconds
+            for pair in pairs(order):
+                counts[(start, contact.cause, pair)] += 1
+    return counts
 
 
 def window_edges_are_clear(data: Dataset, now: float, horizon: float) -> bool:

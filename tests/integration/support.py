@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -105,6 +106,27 @@ def wait_drained(client: redis.Redis, data: reference.Dataset, timeout: float) -
              f"{len(data.contacts)} contacts in Redis")
     wait_for(lambda: client.zcard("cpo:pq"), 0, timeout, "no contact waiting for its order")
     wait_for(lambda: client.xlen("cpo:outbox"), 0, timeout, "an empty outbox")
+
+
+def stored_pair_counts(client: redis.Redis) -> Counter:
+    """The pair buckets (`cpo:pb:<res>:<start>`) in the keys of `reference.pair_counts`, their
+    ids read back through the registries (id 0 is `other`)."""
+    dimensions = {int(i): name for name, i in client.hgetall("cpo:reg:dim").items()}
+    causes = {int(i): name for name, i in client.hgetall("cpo:reg:cause").items()}
+    values = {(d, int(i)): name for d in dimensions
+              for name, i in client.hgetall(f"cpo:reg:v:{d}").items()}
+
+    def named(d: str, v: str) -> tuple[str, str]:
+        return dimensions[int(d)], values.get((int(d), int(v)), "other")
+
+    counts: Counter = Counter()
+    for key in client.scan_iter(match="cpo:pb:*"):
+        start = int(key.rsplit(":", 1)[1])
+        for name, n in client.hgetall(key).items():
+            kind, *ids = name.split(":")
+            group = "orders" if kind == "p" else causes.get(int(ids.pop(0)), "other")
+            counts[(start, group, frozenset((named(*ids[:2]), named(*ids[2:]))))] += int(n)
+    return counts
 
 
 def exported_windows(exporter: Child) -> dict:

@@ -1,6 +1,6 @@
 """Two real workers and the exporter against the real broker and Redis: every counter, every
-windowed rate, the DLQ and the attributed-contacts topic equal an independent computation,
-with and without a worker killed (SIGKILL) mid-stream and restarted."""
+windowed rate, the root-cause pair buckets, the DLQ and the attributed-contacts topic equal an
+independent computation, with and without a worker killed (SIGKILL) mid-stream and restarted."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streams.buckets import COARSE_SECONDS
 from streams.local import free_port
 from streams.processes import Pipeline
 from streams.settings import Settings
@@ -21,6 +22,7 @@ from tests.integration.support import (
     dataset_settings,
     exported_windows,
     produce,
+    stored_pair_counts,
     summed,
     wait_for,
     wait_until,
@@ -85,6 +87,10 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
         expected = reference.compute(data, check_time,
                                      registered, (settings.topic_orders, settings.topic_contacts))
         assert exported == expected.windows
+
+        wait_for(lambda: client.llen("cpo:pbq"), 0, 30, "every pair count folded")
+        assert stored_pair_counts(client) == reference.pair_counts(data, registered,
+                                                                   COARSE_SECONDS)
 
         if not kill_mid_stream:  # a killed worker's process counters die with it
             counters = summed(workers)
