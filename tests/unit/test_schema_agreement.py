@@ -21,12 +21,22 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from streams.events import CONTACT_REASONS, ORDER_REASONS, Rejection, decode_contact, decode_order
+from streams import events
+from streams.events import (
+    CONTACT_REASONS,
+    ORDER_REASONS,
+    Rejection,
+    check_contact,
+    check_order,
+    decode_contact,
+    decode_order,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 4e11  # about the year 14600: later than any valid timestamp, so time never decides here
 KINDS = ("order", "contact")
 DECODERS = {"order": decode_order, "contact": decode_contact}
+CHECKERS = {"order": check_order, "contact": check_contact}  # the rule-by-rule path
 REASONS = {"order": ORDER_REASONS, "contact": CONTACT_REASONS}
 SCHEMAS = {
     kind: json.loads((ROOT / "schemas" / f"{kind}-event.v1.json").read_text()) for kind in KINDS
@@ -143,6 +153,11 @@ CORPUS = _corpus("order") + _corpus("contact")
 def test_corpus_document(kind: str, raw: bytes, reason: str | None) -> None:
     assert decoder_reason(kind, raw) == reason
     assert schema_accepts(kind, raw) is (reason is None)
+
+
+@pytest.mark.parametrize(("kind", "raw", "reason"), CORPUS)
+def test_corpus_document_same_on_both_paths(kind: str, raw: bytes, reason: str | None) -> None:
+    assert DECODERS[kind](raw, NOW) == CHECKERS[kind](raw, NOW)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -368,3 +383,46 @@ def test_generated_valid_documents_are_accepted(kind: str, data: st.DataObject) 
     raw = json.dumps(data.draw(VALID[kind], label="doc"), ensure_ascii=False).encode()
     assert schema_accepts(kind, raw)
     assert decoder_reason(kind, raw) is None
+
+
+# --- the fast path (msgspec) against the rule-by-rule path ---------------------------------
+
+VALID_ASCII = {kind: VALID[kind].map(lambda doc: json.dumps(doc).encode()) for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_fast_path_answers_as_the_rules_do(kind: str, data: st.DataObject) -> None:
+    """Equal events (every field) and equal rejections (reason and event_id)."""
+    raw = data.draw(st.one_of(near_valid(kind), VALID_ASCII[kind]), label="raw")
+    assert DECODERS[kind](raw, NOW) == CHECKERS[kind](raw, NOW)
+
+
+DEEP = b"[" * 1000 + b"]" * 1000  # orjson's depth limit is 1024; msgspec's is lower
+FAST_PATH_TRAPS = [  # where msgspec alone would answer differently from the rules
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","x":1e400}',  # orjson: not a double
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","x":"\xff"}',  # not UTF-8
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","x":' + DEEP + b"}",
+    b'{"order_id":5,"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z"}',  # the last one wins
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","event_id":null}',
+    b'{"order_id":"o1","occurred_at":"2026-02-30T10:00:00Z"}',
+    b'{"order_id":"o1","occurred_at":"2026-11-23t10:00:00.123456789z"}',
+    b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00+01:00","cause":"Late","x":1e400}',
+    b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00Z","cause":"Late","order_id":null}',
+    b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00Z","cause":"\u00c9t\u00c9"}',
+]
+
+
+@pytest.mark.parametrize("raw", FAST_PATH_TRAPS, ids=range(len(FAST_PATH_TRAPS)))
+def test_fast_path_traps(raw: bytes) -> None:
+    kind = "order" if raw.startswith(b'{"order_id"') else "contact"
+    assert DECODERS[kind](raw, NOW) == CHECKERS[kind](raw, NOW)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_plain_record_takes_the_fast_path(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules are only asked about records the fast path refuses or does not take."""
+    monkeypatch.setattr(events, f"check_{kind}", lambda raw, now: pytest.fail("not fast"))
+    raw = json.dumps(SCHEMAS[kind]["examples"][0], ensure_ascii=True).encode()
+    assert not isinstance(DECODERS[kind](raw, NOW), Rejection)
