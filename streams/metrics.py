@@ -73,6 +73,12 @@ class WorkerMetrics:
         self.pending_contacts = Gauge("cpo_pending_contacts",
                                       "Contacts waiting for their order (global)",
                                       registry=registry)
+        self.held_contacts = Gauge("cpo_held_contacts",
+                                   "Contacts this worker holds until its orders catch up "
+                                   "(backfills only; streams/hold.py)", registry=registry)
+        self.contacts_held = Counter("cpo_contacts_held",
+                                     "Contacts held back until the orders caught up, each once "
+                                     "(backfills only; streams/hold.py)", registry=registry)
         self.ready = Gauge("cpo_worker_ready", "1 when Kafka and Redis are reachable",
                            registry=registry)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -21,6 +22,7 @@ import orjson
 import redis.exceptions
 
 from streams.events import ContactEvent, OrderEvent, Rejection, decode_contact, decode_order
+from streams.hold import ContactHold, Partition
 from streams.metrics import WorkerMetrics
 from streams.output import OutputRecord
 from streams.settings import Settings
@@ -160,6 +162,7 @@ class BatchProcessor:
         self.kafka_transient = kafka_transient
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
+        self.hold = ContactHold(behind_records=settings.batch_size)
 
     async def redis_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(
@@ -188,30 +191,47 @@ class BatchProcessor:
         else:
             self.health.probe_succeeded(dependency)
 
-    async def prepare(self, records: list[Record]) -> Prepared:
+    async def prepare(self, records: list[Record],
+                      lags: Mapping[Partition, int] | None = None) -> Prepared:
         """Decode one batch (CPU only): the worker does this for the next batch while the
         previous batch's script runs in Redis. It yields to the event loop every DECODE_CHUNK
-        records, so a script call that returns meanwhile is followed at once by the next."""
+        records, so a script call that returns meanwhile is followed at once by the next.
+        The contacts go through `self.hold`, which may keep some for a later batch; `lags`
+        (records not read yet per assigned orders partition) tells it whether the orders are
+        behind. Without `lags` nothing is held."""
         now, started = time.time(), time.perf_counter()
         orders: list[OrderEvent] = []
-        contacts: list[ContactEvent] = []
+        contacts: list[tuple[Partition, int, ContactEvent]] = []
         rejected: list[tuple[Record, Rejection]] = []
+        latest: dict[int, float] = {}  # orders partition -> latest event time in this batch
         orders_topic = self.topics[0]
         for first in range(0, len(records), DECODE_CHUNK):
             if first:
                 await asyncio.sleep(0)
             for record in records[first:first + DECODE_CHUNK]:
                 if record.topic == orders_topic:
-                    event = decode_order(record.value or b"", now)
-                    target: list = orders
+                    order = decode_order(record.value or b"", now)
+                    if type(order) is Rejection:
+                        rejected.append((record, order))
+                        continue
+                    orders.append(order)
+                    if order.occurred_at > latest.get(record.partition, -math.inf):
+                        latest[record.partition] = order.occurred_at
                 else:
-                    event = decode_contact(record.value or b"", now)
-                    target = contacts
-                if isinstance(event, Rejection):
-                    rejected.append((record, event))
-                else:
-                    target.append(event)
-        return Prepared(now, started, self.state.prepare(orders, contacts, now), rejected)
+                    contact = decode_contact(record.value or b"", now)
+                    if type(contact) is Rejection:
+                        rejected.append((record, contact))
+                        continue
+                    contacts.append(((record.topic, record.partition), record.offset, contact))
+        hold = self.hold
+        for partition, time_read in latest.items():
+            hold.read_orders((orders_topic, partition), time_read)
+        held_before = hold.held_total
+        released, fetched_at = hold.pass_on(contacts, hold.watermark(lags or {}), now)
+        self.metrics.contacts_held.inc(hold.held_total - held_before)
+        self.metrics.held_contacts.set(hold.count())
+        return Prepared(now, started, self.state.prepare(orders, released, now, fetched_at),
+                        rejected)
 
     async def count(self, prepared: Prepared) -> BatchResult:
         """Count one decoded batch in Redis (the batch's one script call)."""

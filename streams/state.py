@@ -200,16 +200,17 @@ class RedisState:
         self._labels = Labels()
 
     def prepare(self, orders: list[OrderEvent], contacts: list[ContactEvent],
-                now: float) -> ScriptBatch:
-        """Everything the batch needs before Redis, CPU only."""
+                now: float, fetched_at: list[float] | None = None) -> ScriptBatch:
+        """Everything the batch needs before Redis, CPU only. `fetched_at`: when each contact
+        was fetched (its join grace runs from there; streams/hold.py), `now` if not given."""
         unique: dict[str, OrderEvent] = {}
         for order in orders:
             unique.setdefault(order.order_id, order)
         flat: list = []
-        for contact in contacts:
+        for contact, fetched in zip(contacts, fetched_at or [now] * len(contacts), strict=True):
             order_id = contact.order_id or ""
             flat += (contact.contact_id, shard_of(contact.contact_id), repr(contact.occurred_at),
-                     contact.cause, order_id, shard_of(order_id) if order_id else "")
+                     contact.cause, order_id, shard_of(order_id) if order_id else "", fetched)
         batch = ScriptBatch(now, list(unique.values()), contacts, len(orders) - len(unique),
                             orjson.dumps(flat))
         if self._registry is not None and batch.orders:
@@ -236,10 +237,11 @@ class RedisState:
             return self._merge(self._parse(reply), batch)
 
     async def apply_batch(
-        self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float
+        self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float,
+        fetched_at: list[float] | None = None,
     ) -> BatchResult:
         """`prepare` and `apply` in one go."""
-        return await self.apply(self.prepare(orders, contacts, now))
+        return await self.apply(self.prepare(orders, contacts, now, fetched_at))
 
     def _batch_args(self, batch: ScriptBatch, epoch: str) -> list[str | bytes]:
         tally = batch.tally or Tally()

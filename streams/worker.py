@@ -25,6 +25,7 @@ from faust.types import TP
 from kafka.errors import KafkaError as KafkaPythonError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.hold import ContactHold
 from streams.kafka import faust_broker_settings
 from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
@@ -63,26 +64,41 @@ class BatchConsumer(faust_aiokafka.Consumer):
     after its batch's effects are durable. Counting a batch before the previous one is
     committed is safe: after a crash both are redelivered, and the script's identities count
     nothing twice.
+
+    In a backfill, contacts that are ahead of the orders in event time are held for a later
+    batch (`streams/hold.py`): their partition is paused meanwhile, and its commit stops at the
+    first held offset.
     """
 
     async def _drain_messages(self, fetcher: Any) -> None:
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
+        hold = processor.hold
         counting: asyncio.Future | None = None  # the newest batch's script call
         uncounted: deque[asyncio.Future] = deque()  # script calls not returned yet
         outputs: deque[asyncio.Future] = deque()  # output and commit of counted batches
+        paused: set[TP] = set()  # contacts partitions paused here while contacts are held
         try:
             while not (self.should_stop or fetcher.should_stop):
                 records, active = await self._wait_next_records(1.0)
-                if not records or self.should_stop:
+                if self.should_stop:
                     continue
-                fetched = [(tp, tp_records) for tp, tp_records in records.items()
+                fetched = [(tp, tp_records) for tp, tp_records in (records or {}).items()
                            if tp_records and (active is None or tp in active)]
-                if not fetched:
+                if not fetched and not hold.held:  # held contacts may be due: go on
                     continue
+                for tp, tp_records in fetched:
+                    hold.read((tp.topic, tp.partition), tp_records[-1].offset + 1)
+                assigned = self.assignment()
                 prepared = await processor.prepare(
-                    [record for _, tp_records in fetched for record in tp_records])
-                offsets = {TP(tp.topic, tp.partition): tp_records[-1].offset + 1
-                           for tp, tp_records in fetched}
+                    [record for _, tp_records in fetched for record in tp_records],
+                    self._orders_lags(assigned, hold))
+                offsets = {TP(*partition): offset for partition, offset
+                           in hold.commit_offsets((tp.topic, tp.partition)
+                                                  for tp, _ in fetched).items()}
+                self._pause_held(assigned, hold, paused)
+                batch = prepared.script_batch
+                if not (batch.orders or batch.contacts or prepared.rejected or offsets):
+                    continue  # held contacts checked, none due
                 while len(uncounted) >= MAX_BATCHES_COUNTING:
                     await uncounted.popleft()
                 while len(outputs) >= MAX_BATCHES_OUTPUTTING:  # Kafka sets the pace too
@@ -104,6 +120,37 @@ class BatchConsumer(faust_aiokafka.Consumer):
             for step in (*uncounted, *outputs):  # stopping: uncommitted batches are redelivered
                 if not step.done():
                     step.cancel()
+
+    def _orders_lags(self, assigned: set[TP], hold: ContactHold) -> dict[TP, int]:
+        """Records not read yet per assigned orders partition, from the high watermark of the
+        partition's last fetch response (known without a request)."""
+        orders_topic = self.app.processor.topics[0]  # type: ignore[attr-defined]
+        lags: dict[TP, int] = {}
+        for tp in assigned:
+            if tp.topic == orders_topic:
+                highwater = self.highwater(tp)
+                if highwater is not None:
+                    position = hold.next_offsets.get(tp) or self._committed_offset.get(tp) or 0
+                    lags[tp] = highwater - position
+        return lags
+
+    def _pause_held(self, assigned: set[TP], hold: ContactHold, paused: set[TP]) -> None:
+        """Stop fetching the contacts partitions whose contacts are held (memory stays at one
+        fetch per partition), and fetch again those whose contacts are all out. Partitions
+        Faust paused itself (a rebalance) are left to Faust."""
+        held = {TP(*partition) for partition in hold.holding()} & assigned
+        pause = held - self._paused_partitions
+        if pause:
+            self.pause_partitions(pause)
+            paused |= pause
+        resume = paused - held
+        if resume:
+            self.resume_partitions(resume & assigned)
+            paused -= resume
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.app.processor.hold.forget(revoked)  # type: ignore[attr-defined]
+        await super().on_partitions_revoked(revoked)
 
     @staticmethod
     async def _count(processor: BatchProcessor, prepared: Prepared,

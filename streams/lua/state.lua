@@ -52,7 +52,8 @@
 --             slot). Returns { epoch, dim ids, flat (dim index, value, value id) }.
 --   batch:    grace, max causes, registry epoch, JSON orders [order_id, shard, record, ...],
 --             JSON contacts [contact_id, shard, time text, cause, order_id or "",
---             order shard or "", ...], JSON order counts [key, ttl, n, field, count, ...],
+--             order shard or "", fetched (epoch s: the join grace runs from here), ...],
+--             JSON order counts [key, ttl, n, field, count, ...],
 --             JSON order pair counts {start: {field: count}} or ""
 --             Fails with STALE_REGISTRY, changing nothing, if the epoch is not the registries'.
 --   expire:   limit, order retention, contact retention, shards, sweep seconds
@@ -303,7 +304,7 @@ local function apply_batch()
     end
   end
 
-  for i = 1, #C, 6 do
+  for i = 1, #C, 7 do
     local contact_id, t_text, cause_name, order_id = C[i], C[i + 2], C[i + 3], C[i + 4]
     local t = tonumber(t_text)
     if redis.call('HSETNX', 'cpo:c:' .. C[i + 1], contact_id, arrival) == 1 then
@@ -322,7 +323,7 @@ local function apply_batch()
           attribute(contact_id, cause, t, t_text, order_id, key, record)
         else
           local member = cjson.encode({ contact_id, cause, t_text, order_id })
-          redis.call('ZADD', 'cpo:pq', now + grace, member)
+          redis.call('ZADD', 'cpo:pq', C[i + 6] + grace, member)
           local members = redis.call('HGET', 'cpo:pw', order_id)
           redis.call('HSET', 'cpo:pw', order_id, members and (members .. '\n' .. member) or member)
           pending = pending + 1

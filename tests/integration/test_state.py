@@ -100,6 +100,19 @@ def test_a_contact_waits_for_its_order_then_expires_after_the_grace(settings: Se
     assert "u:1:f" not in bucket(settings, FINE_SECONDS, NOW - 30)
 
 
+def test_a_held_contacts_grace_runs_from_when_it_was_fetched(settings: Settings) -> None:
+    """A contact held back by the worker (streams/hold.py) for 8 s: its grace started then."""
+    fetched = NOW - 8
+    _, too_early, expired = run(
+        settings,
+        ("apply_batch", [], [contact("k1", "late", "o-never")], NOW, [fetched]),
+        ("expire_pending", fetched + settings.join_grace - 1),
+        ("expire_pending", fetched + settings.join_grace + 1),
+    )
+    assert too_early.unattributed == []
+    assert [(u.contact_id, u.reason) for u in expired.unattributed] == [("k1", "order_not_found")]
+
+
 def test_pairs_of_values_are_counted_for_orders_and_joined_contacts(settings: Settings) -> None:
     # the contact at the order's time: both land in the same 5-minute bucket; the pair counts
     # are queued, and folded into the pair buckets by a worker's timer

@@ -1,0 +1,120 @@
+"""Timestamp synchronisation: a worker holds back the contacts that are ahead of its orders.
+
+In a backfill (a replay, a catch-up after an outage, the benchmark's preloaded topics) a worker
+reads both topics as fast as it can, and the contacts topic, a fraction of the orders topic's
+size, runs ahead in event time: most contacts then reach Redis before their order and wait
+there (`cpo:pq`, `cpo:pw`), which costs Redis about 4 µs more per record (bench/README.md).
+Like Kafka Streams' timestamp synchronisation, the worker keeps such a contact in memory while
+one of its orders partitions is behind (more than a batch of records not read yet) and has not
+reached the contact's event time, and stops fetching that contact's partition meanwhile. Live,
+no orders partition is behind, so nothing is held.
+
+Holding changes when a contact is counted, never whether: it is released once the orders have
+caught up with it, when no orders partition is behind any more, or after MAX_HOLD_SECONDS
+whatever happens; its join grace runs from when the worker fetched it (CONTRACT.md); and the
+commit of its partition stops at its offset, so a worker that crashes meanwhile loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from streams.events import ContactEvent
+
+# A partition: (topic, partition), which Faust's TP equals.
+Partition = tuple[str, int]
+# The longest a contact is held: bounds the delay a stalled orders partition can add to the
+# contacts' metrics; a backfill's orders catch up with most contacts well within it.
+MAX_HOLD_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Held:
+    offset: int
+    contact: ContactEvent
+    fetched: float  # wall clock, epoch seconds: the join grace runs from here
+
+
+class ContactHold:
+    """What one worker holds, per contacts partition, and what its orders partitions have read."""
+
+    def __init__(self, behind_records: int, max_hold_seconds: float = MAX_HOLD_SECONDS) -> None:
+        self.behind_records = behind_records
+        self.max_hold_seconds = max_hold_seconds
+        self.order_times: dict[Partition, float] = {}  # latest event time read per partition
+        self.next_offsets: dict[Partition, int] = {}  # offset after the last one read
+        self.held: dict[Partition, list[Held]] = {}  # contacts partition -> held, by offset
+        self._committed: dict[Partition, int] = {}  # offsets last given by `commit_offsets`
+        self.held_total = 0  # contacts held so far (each once)
+
+    def read(self, partition: Partition, next_offset: int) -> None:
+        """A fetch returned `partition`'s records up to `next_offset` - 1."""
+        self.next_offsets[partition] = next_offset
+
+    def read_orders(self, partition: Partition, latest: float) -> None:
+        """Orders up to event time `latest` were read from `partition`."""
+        self.order_times[partition] = max(latest, self.order_times.get(partition, -math.inf))
+
+    def watermark(self, lags: Mapping[Partition, int]) -> float:
+        """Event time up to which every orders partition that is behind has been read
+        (`lags`: records not read yet per assigned orders partition); inf if none is behind."""
+        return min((self.order_times.get(partition, -math.inf)
+                    for partition, lag in lags.items() if lag > self.behind_records),
+                   default=math.inf)
+
+    def pass_on(self, fetched: Iterable[tuple[Partition, int, ContactEvent]], watermark: float,
+                now: float) -> tuple[list[ContactEvent], list[float]]:
+        """The contacts to count now, with when each was fetched: the held ones whose time has
+        come, then the fetched ones not held. A contact is held if it has an order_id and its
+        event time is past the watermark."""
+        contacts: list[ContactEvent] = []
+        fetched_at: list[float] = []
+        for partition, held in list(self.held.items()):
+            kept = []
+            for item in held:
+                if (item.contact.occurred_at <= watermark
+                        or now - item.fetched >= self.max_hold_seconds):
+                    contacts.append(item.contact)
+                    fetched_at.append(item.fetched)
+                else:
+                    kept.append(item)
+            if kept:
+                self.held[partition] = kept
+            else:
+                del self.held[partition]
+        for partition, offset, contact in fetched:
+            if contact.occurred_at > watermark and contact.order_id:
+                self.held.setdefault(partition, []).append(Held(offset, contact, now))
+                self.held_total += 1
+            else:
+                contacts.append(contact)
+                fetched_at.append(now)
+        return contacts, fetched_at
+
+    def commit_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The offsets to commit once this batch is counted, for `partitions` (the fetch's) and
+        every partition whose held contacts changed: each partition's next offset, or its
+        first held contact's."""
+        offsets: dict[Partition, int] = {}
+        for partition in {*partitions, *self.held, *self._committed}:
+            held = self.held.get(partition)
+            offset = held[0].offset if held else self.next_offsets.get(partition)
+            if offset is not None and offset != self._committed.get(partition):
+                offsets[partition] = self._committed[partition] = offset
+        return offsets
+
+    def holding(self) -> set[Partition]:
+        return set(self.held)
+
+    def count(self) -> int:
+        return sum(map(len, self.held.values()))
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """Partitions revoked: their held contacts are fetched again by their next owner."""
+        for partition in partitions:
+            self.held.pop(partition, None)
+            self.next_offsets.pop(partition, None)
+            self.order_times.pop(partition, None)
+            self._committed.pop(partition, None)

@@ -1,0 +1,82 @@
+"""The contact hold (timestamp synchronisation) as pure logic: what it holds, when it lets go,
+and which offsets may be committed meanwhile. The worker's use of it against a real broker is
+covered by the exact-count integration tests (held contacts are counted once, a worker killed
+while holding loses none)."""
+
+from __future__ import annotations
+
+import math
+
+from streams.events import ContactEvent
+from streams.hold import ContactHold
+
+ORDERS = [("orders", 0), ("orders", 1)]
+C0, C1 = ("contacts", 0), ("contacts", 1)
+
+
+def contact(contact_id: str, t: float, order_id: str | None = "o1") -> ContactEvent:
+    return ContactEvent(contact_id, t, "late", order_id, None, None)
+
+
+def ids(contacts: list[ContactEvent]) -> list[str]:
+    return [c.contact_id for c in contacts]
+
+
+def test_watermark_is_the_slowest_orders_partition_that_is_behind() -> None:
+    hold = ContactHold(behind_records=100)
+    hold.read_orders(ORDERS[0], 500.0)
+    hold.read_orders(ORDERS[1], 300.0)
+    hold.read_orders(ORDERS[1], 200.0)  # an older order later in the partition: no step back
+    assert hold.watermark({ORDERS[0]: 1000, ORDERS[1]: 1000}) == 300.0
+    assert hold.watermark({ORDERS[0]: 1000, ORDERS[1]: 100}) == 500.0  # 1 is not behind
+    assert hold.watermark({ORDERS[0]: 5, ORDERS[1]: 0}) == math.inf  # live: nothing is held
+    assert hold.watermark({}) == math.inf
+    assert hold.watermark({("orders", 2): 1000}) == -math.inf  # behind, nothing read yet
+
+
+def test_contacts_ahead_of_the_orders_wait_and_go_in_a_later_batch() -> None:
+    hold = ContactHold(behind_records=100)
+    fetched = [(C0, 10, contact("a", 100.0)), (C0, 11, contact("b", 400.0)),
+               (C0, 12, contact("c", 450.0, order_id=None)), (C1, 7, contact("d", 350.0))]
+    out, fetched_at = hold.pass_on(fetched, watermark=300.0, now=1000.0)
+    # at or before the watermark, or without an order to wait for: counted now
+    assert ids(out) == ["a", "c"] and fetched_at == [1000.0, 1000.0]
+    assert hold.count() == 2 and hold.holding() == {C0, C1}
+    out, fetched_at = hold.pass_on([], watermark=360.0, now=1002.0)
+    assert ids(out) == ["d"] and fetched_at == [1000.0]  # the grace runs from the fetch
+    out, _ = hold.pass_on([(C0, 13, contact("e", 390.0))], watermark=math.inf, now=1003.0)
+    assert ids(out) == ["b", "e"] and hold.count() == 0 and hold.holding() == set()
+    assert hold.held_total == 2  # b and d, each counted once however long it waited
+
+
+def test_a_contact_is_held_at_most_max_hold_seconds() -> None:
+    hold = ContactHold(behind_records=100, max_hold_seconds=10.0)
+    hold.pass_on([(C0, 1, contact("a", 400.0))], watermark=300.0, now=1000.0)
+    assert hold.pass_on([], watermark=300.0, now=1009.9)[0] == []
+    out, fetched_at = hold.pass_on([], watermark=300.0, now=1010.0)
+    assert ids(out) == ["a"] and fetched_at == [1000.0]
+
+
+def test_commits_stop_at_the_first_held_contact() -> None:
+    hold = ContactHold(behind_records=100)
+    hold.read(ORDERS[0], 500)
+    hold.read(C0, 13)
+    hold.pass_on([(C0, 10, contact("a", 100.0)), (C0, 11, contact("b", 400.0)),
+                  (C0, 12, contact("c", 100.0))], watermark=300.0, now=1000.0)
+    assert hold.commit_offsets([ORDERS[0], C0]) == {ORDERS[0]: 500, C0: 11}
+    # nothing new: nothing to commit again
+    hold.pass_on([], watermark=300.0, now=1001.0)
+    assert hold.commit_offsets([]) == {}
+    # "b" goes out in a batch that fetched nothing from its partition: the commit moves on
+    hold.pass_on([], watermark=400.0, now=1002.0)
+    assert hold.commit_offsets([]) == {C0: 13}
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    hold = ContactHold(behind_records=100)
+    hold.read(C0, 12)
+    hold.read_orders(ORDERS[0], 100.0)
+    hold.pass_on([(C0, 11, contact("a", 400.0))], watermark=300.0, now=1000.0)
+    hold.forget([C0, ORDERS[0]])
+    assert hold.count() == 0 and hold.commit_offsets([]) == {}
+    assert hold.watermark({ORDERS[0]: 1000}) == -math.inf
