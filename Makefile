@@ -10,7 +10,8 @@ demo:  ## install what is missing, then run the whole system with a live view
 
 test:  ## install what is missing, then run the whole test suite
 	@scripts/bootstrap
-	python3 -m pytest -q -ra
+	python3 -m pytest -q -ra -n 2 --dist loadfile -m 'not alone'  # two processes, a file each
+	python3 -m pytest -q -ra -m alone
 
 bench:  ## install what is missing, then run the throughput and latency benchmark
 	@scripts/bootstrap

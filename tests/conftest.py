@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka broker and Redis, started once per session on free ports.
+"""Shared fixtures: a real Kafka broker and Redis, started once per test process on free ports
+(`make test` runs two processes, pytest-xdist, a test file each at a time).
 
 Set CPO_KAFKA_BOOTSTRAP or CPO_REDIS_URL to run against servers of your own instead. Every
 test gets its own topics, consumer group and Redis database, so tests never see each
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from streams.local import EmbeddedKafka, EmbeddedRedis, free_port, with_redis_db
 from streams.settings import Settings, load_settings
@@ -22,6 +24,11 @@ from streams.topics import create_topics
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 _REDIS_DBS = itertools.cycle(range(1, 16))  # DB 0 is left to whoever owns an external Redis
 TEST_PARTITIONS = 4
+
+# `make test` runs two test processes on a machine whose cores the servers share: a generated
+# example's run time says nothing about the code, so no test has a Hypothesis deadline.
+hypothesis_settings.register_profile("shared-cores", deadline=None)
+hypothesis_settings.load_profile("shared-cores")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

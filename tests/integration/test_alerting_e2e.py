@@ -194,6 +194,7 @@ def poll(check: Callable[[], Any], what: str, children: list[Child],
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_a_spike_reaches_the_webhook_and_every_panel_has_data(
         settings: Settings, tmp_path: Path, webhook: Webhook) -> None:
     config = short_run_config()

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import pytest
 
 from streams.buckets import window_bounds
 from streams.processes import parse_metrics
@@ -164,6 +165,7 @@ def check_chart(run: DemoRun, report: dict) -> None:
     assert height > 400 and width > 800
 
 
+@pytest.mark.alone
 def test_demo_shows_the_incident_and_leaves_nothing_behind(tmp_path: Path) -> None:
     run = DemoRun(tmp_path, "--duration", str(DURATION))
     url = run.wait_for_line("exporter metrics http", timeout=120).split()[-1]
