@@ -11,8 +11,9 @@ no orders partition is behind, so nothing is held.
 
 Holding changes when a contact is counted, never whether: it is released once the orders have
 caught up with it, when no orders partition is behind any more, or after MAX_HOLD_SECONDS
-whatever happens; its join grace runs from when the worker fetched it (CONTRACT.md); and the
-commit of its partition stops at its offset, so a worker that crashes meanwhile loses nothing.
+whatever happens (a batch at a time: what one batch cannot take goes in the next); its join
+grace runs from when the worker fetched it (CONTRACT.md); and the commit of its partition
+stops at its offset, so a worker that crashes meanwhile loses nothing.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ class Held:
 class ContactHold:
     """What one worker holds, per contacts partition, and what its orders partitions have read."""
 
-    def __init__(self, behind_records: int, max_hold_seconds: float = MAX_HOLD_SECONDS) -> None:
+    def __init__(self, behind_records: int, release_limit: int,
+                 max_hold_seconds: float = MAX_HOLD_SECONDS) -> None:
         self.behind_records = behind_records
+        self.release_limit = release_limit
         self.max_hold_seconds = max_hold_seconds
         self.order_times: dict[Partition, float] = {}  # latest event time read per partition
         self.next_offsets: dict[Partition, int] = {}  # offset after the last one read
         self.held: dict[Partition, list[Held]] = {}  # contacts partition -> held, by offset
         self._committed: dict[Partition, int] = {}  # offsets last given by `commit_offsets`
         self.held_total = 0  # contacts held so far (each once)
+        self.due_left = False  # the last batch left contacts that were due: fetch no wait
 
     def read(self, partition: Partition, next_offset: int) -> None:
         """A fetch returned `partition`'s records up to `next_offset` - 1."""
@@ -66,24 +70,12 @@ class ContactHold:
 
     def pass_on(self, fetched: Iterable[tuple[Partition, int, ContactEvent]], watermark: float,
                 now: float) -> tuple[list[ContactEvent], list[float]]:
-        """The contacts to count now, with when each was fetched: the held ones whose time has
-        come, then the fetched ones not held. A contact is held if it has an order_id and its
-        event time is past the watermark."""
+        """The contacts to count now, with when each was fetched: the fetched ones not held,
+        then the held ones whose time has come, up to `release_limit` contacts in all (a batch
+        stays a batch: a backfill can hold tens of thousands at once). A contact is held if it
+        has an order_id and its event time is past the watermark."""
         contacts: list[ContactEvent] = []
         fetched_at: list[float] = []
-        for partition, held in list(self.held.items()):
-            kept = []
-            for item in held:
-                if (item.contact.occurred_at <= watermark
-                        or now - item.fetched >= self.max_hold_seconds):
-                    contacts.append(item.contact)
-                    fetched_at.append(item.fetched)
-                else:
-                    kept.append(item)
-            if kept:
-                self.held[partition] = kept
-            else:
-                del self.held[partition]
         for partition, offset, contact in fetched:
             if contact.occurred_at > watermark and contact.order_id:
                 self.held.setdefault(partition, []).append(Held(offset, contact, now))
@@ -91,6 +83,23 @@ class ContactHold:
             else:
                 contacts.append(contact)
                 fetched_at.append(now)
+        self.due_left = False
+        for partition, held in list(self.held.items()):
+            kept = []
+            for item in held:
+                if (item.contact.occurred_at > watermark
+                        and now - item.fetched < self.max_hold_seconds):
+                    kept.append(item)
+                elif len(contacts) < self.release_limit:
+                    contacts.append(item.contact)
+                    fetched_at.append(item.fetched)
+                else:
+                    kept.append(item)
+                    self.due_left = True
+            if kept:
+                self.held[partition] = kept
+            else:
+                del self.held[partition]
         return contacts, fetched_at
 
     def commit_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:

@@ -162,7 +162,8 @@ class BatchProcessor:
         self.kafka_transient = kafka_transient
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
-        self.hold = ContactHold(behind_records=settings.batch_size)
+        self.hold = ContactHold(behind_records=settings.batch_size,
+                                release_limit=settings.batch_size)
 
     async def redis_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(

@@ -79,7 +79,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         paused: set[TP] = set()  # contacts partitions paused here while contacts are held
         try:
             while not (self.should_stop or fetcher.should_stop):
-                records, active = await self._wait_next_records(1.0)
+                records, active = await self._wait_next_records(0.0 if hold.due_left else 1.0)
                 if self.should_stop:
                     continue
                 fetched = [(tp, tp_records) for tp, tp_records in (records or {}).items()

@@ -23,7 +23,7 @@ def ids(contacts: list[ContactEvent]) -> list[str]:
 
 
 def test_watermark_is_the_slowest_orders_partition_that_is_behind() -> None:
-    hold = ContactHold(behind_records=100)
+    hold = ContactHold(behind_records=100, release_limit=1000)
     hold.read_orders(ORDERS[0], 500.0)
     hold.read_orders(ORDERS[1], 300.0)
     hold.read_orders(ORDERS[1], 200.0)  # an older order later in the partition: no step back
@@ -35,7 +35,7 @@ def test_watermark_is_the_slowest_orders_partition_that_is_behind() -> None:
 
 
 def test_contacts_ahead_of_the_orders_wait_and_go_in_a_later_batch() -> None:
-    hold = ContactHold(behind_records=100)
+    hold = ContactHold(behind_records=100, release_limit=1000)
     fetched = [(C0, 10, contact("a", 100.0)), (C0, 11, contact("b", 400.0)),
                (C0, 12, contact("c", 450.0, order_id=None)), (C1, 7, contact("d", 350.0))]
     out, fetched_at = hold.pass_on(fetched, watermark=300.0, now=1000.0)
@@ -45,20 +45,30 @@ def test_contacts_ahead_of_the_orders_wait_and_go_in_a_later_batch() -> None:
     out, fetched_at = hold.pass_on([], watermark=360.0, now=1002.0)
     assert ids(out) == ["d"] and fetched_at == [1000.0]  # the grace runs from the fetch
     out, _ = hold.pass_on([(C0, 13, contact("e", 390.0))], watermark=math.inf, now=1003.0)
-    assert ids(out) == ["b", "e"] and hold.count() == 0 and hold.holding() == set()
+    assert ids(out) == ["e", "b"] and hold.count() == 0 and hold.holding() == set()
     assert hold.held_total == 2  # b and d, each counted once however long it waited
 
 
 def test_a_contact_is_held_at_most_max_hold_seconds() -> None:
-    hold = ContactHold(behind_records=100, max_hold_seconds=10.0)
+    hold = ContactHold(behind_records=100, release_limit=1000, max_hold_seconds=10.0)
     hold.pass_on([(C0, 1, contact("a", 400.0))], watermark=300.0, now=1000.0)
     assert hold.pass_on([], watermark=300.0, now=1009.9)[0] == []
     out, fetched_at = hold.pass_on([], watermark=300.0, now=1010.0)
     assert ids(out) == ["a"] and fetched_at == [1000.0]
 
 
+def test_a_batch_releases_at_most_release_limit_contacts() -> None:
+    hold = ContactHold(behind_records=100, release_limit=3)
+    hold.pass_on([(C0, n, contact(f"h{n}", 400.0 + n)) for n in range(5)], watermark=300.0,
+                 now=1000.0)
+    out, _ = hold.pass_on([(C1, 0, contact("new", 100.0))], watermark=math.inf, now=1001.0)
+    assert ids(out) == ["new", "h0", "h1"] and hold.count() == 3 and hold.due_left
+    out, _ = hold.pass_on([], watermark=math.inf, now=1002.0)
+    assert ids(out) == ["h2", "h3", "h4"] and hold.count() == 0 and not hold.due_left
+
+
 def test_commits_stop_at_the_first_held_contact() -> None:
-    hold = ContactHold(behind_records=100)
+    hold = ContactHold(behind_records=100, release_limit=1000)
     hold.read(ORDERS[0], 500)
     hold.read(C0, 13)
     hold.pass_on([(C0, 10, contact("a", 100.0)), (C0, 11, contact("b", 400.0)),
@@ -73,7 +83,7 @@ def test_commits_stop_at_the_first_held_contact() -> None:
 
 
 def test_revoked_partitions_are_forgotten() -> None:
-    hold = ContactHold(behind_records=100)
+    hold = ContactHold(behind_records=100, release_limit=1000)
     hold.read(C0, 12)
     hold.read_orders(ORDERS[0], 100.0)
     hold.pass_on([(C0, 11, contact("a", 400.0))], watermark=300.0, now=1000.0)
