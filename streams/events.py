@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -162,35 +162,43 @@ _INVALID_JSON = Rejection("invalid_json", None)
 _NOT_AN_OBJECT = Rejection("not_an_object", None)
 
 
+def _fast_fields(raw: bytes, decoder: msgspec.json.Decoder,
+                 now: float) -> tuple[Any, float] | None:
+    """The record's fields and event time when msgspec takes it and the time is good; None
+    sends it to the rule-by-rule path, which names what is wrong."""
+    if len(raw) > MAX_RECORD_BYTES or not raw.isascii():
+        return None
+    try:
+        fields = decoder.decode(raw)
+    except msgspec.MsgspecError:
+        return None
+    seconds = _seconds(fields.occurred_at)
+    if seconds is None or seconds > now + MAX_FUTURE_SECONDS:
+        return None
+    return fields, seconds
+
+
 def decode_order(raw: bytes, now: float) -> OrderEvent | Rejection:
     """Decode one order record; `now` (epoch seconds) bounds how far in the future it may be."""
-    if len(raw) <= MAX_RECORD_BYTES and raw.isascii():
-        try:
-            fields = _ORDER_FIELDS.decode(raw)
-        except msgspec.MsgspecError:
-            return check_order(raw, now)
-        seconds = _seconds(fields.occurred_at)
-        if seconds is not None and seconds <= now + MAX_FUTURE_SECONDS:
-            event_id = fields.event_id
-            return OrderEvent(fields.order_id, seconds, fields.attributes,
-                              None if event_id is UNSET else event_id)
-    return check_order(raw, now)
+    fast = _fast_fields(raw, _ORDER_FIELDS, now)
+    if fast is None:
+        return check_order(raw, now)
+    fields, seconds = fast
+    event_id = fields.event_id
+    return OrderEvent(fields.order_id, seconds, fields.attributes,
+                      None if event_id is UNSET else event_id)
 
 
 def decode_contact(raw: bytes, now: float) -> ContactEvent | Rejection:
     """Decode one contact record; `now` (epoch seconds) bounds how far in the future it may be."""
-    if len(raw) <= MAX_RECORD_BYTES and raw.isascii():
-        try:
-            fields = _CONTACT_FIELDS.decode(raw)
-        except msgspec.MsgspecError:
-            return check_contact(raw, now)
-        seconds = _seconds(fields.occurred_at)
-        if seconds is not None and seconds <= now + MAX_FUTURE_SECONDS:
-            channel, event_id = fields.channel, fields.event_id
-            return ContactEvent(fields.contact_id, seconds, fields.cause.lower(), fields.order_id,
-                                None if channel is UNSET else channel,
-                                None if event_id is UNSET else event_id)
-    return check_contact(raw, now)
+    fast = _fast_fields(raw, _CONTACT_FIELDS, now)
+    if fast is None:
+        return check_contact(raw, now)
+    fields, seconds = fast
+    channel, event_id = fields.channel, fields.event_id
+    return ContactEvent(fields.contact_id, seconds, fields.cause.lower(), fields.order_id,
+                        None if channel is UNSET else channel,
+                        None if event_id is UNSET else event_id)
 
 
 def check_order(raw: bytes, now: float) -> OrderEvent | Rejection:
