@@ -102,12 +102,11 @@ class ContactHold:
                 del self.held[partition]
         return contacts, fetched_at
 
-    def commit_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
-        """The offsets to commit once this batch is counted, for `partitions` (the fetch's) and
-        every partition whose held contacts changed: each partition's next offset, or its
-        first held contact's."""
+    def commit_offsets(self) -> dict[Partition, int]:
+        """The offsets to commit once this batch is counted, where they changed since the last
+        call: each partition's next offset to read, or its first held contact's."""
         offsets: dict[Partition, int] = {}
-        for partition in {*partitions, *self.held, *self._committed}:
+        for partition in {*self.next_offsets, *self.held}:
             held = self.held.get(partition)
             offset = held[0].offset if held else self.next_offsets.get(partition)
             if offset is not None and offset != self._committed.get(partition):

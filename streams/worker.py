@@ -92,9 +92,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 prepared = await processor.prepare(
                     [record for _, tp_records in fetched for record in tp_records],
                     self._orders_lags(assigned, hold))
-                offsets = {TP(*partition): offset for partition, offset
-                           in hold.commit_offsets((tp.topic, tp.partition)
-                                                  for tp, _ in fetched).items()}
+                offsets = {TP(*partition): offset
+                           for partition, offset in hold.commit_offsets().items()}
                 self._pause_held(assigned, hold, paused)
                 batch = prepared.script_batch
                 if not (batch.orders or batch.contacts or prepared.rejected or offsets):

@@ -73,13 +73,13 @@ def test_commits_stop_at_the_first_held_contact() -> None:
     hold.read(C0, 13)
     hold.pass_on([(C0, 10, contact("a", 100.0)), (C0, 11, contact("b", 400.0)),
                   (C0, 12, contact("c", 100.0))], watermark=300.0, now=1000.0)
-    assert hold.commit_offsets([ORDERS[0], C0]) == {ORDERS[0]: 500, C0: 11}
+    assert hold.commit_offsets() == {ORDERS[0]: 500, C0: 11}
     # nothing new: nothing to commit again
     hold.pass_on([], watermark=300.0, now=1001.0)
-    assert hold.commit_offsets([]) == {}
+    assert hold.commit_offsets() == {}
     # "b" goes out in a batch that fetched nothing from its partition: the commit moves on
     hold.pass_on([], watermark=400.0, now=1002.0)
-    assert hold.commit_offsets([]) == {C0: 13}
+    assert hold.commit_offsets() == {C0: 13}
 
 
 def test_revoked_partitions_are_forgotten() -> None:
@@ -88,5 +88,5 @@ def test_revoked_partitions_are_forgotten() -> None:
     hold.read_orders(ORDERS[0], 100.0)
     hold.pass_on([(C0, 11, contact("a", 400.0))], watermark=300.0, now=1000.0)
     hold.forget([C0, ORDERS[0]])
-    assert hold.count() == 0 and hold.commit_offsets([]) == {}
+    assert hold.count() == 0 and hold.commit_offsets() == {}
     assert hold.watermark({ORDERS[0]: 1000}) == -math.inf
