@@ -16,12 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import orjson
 import redis.exceptions
 
-from streams.events import ContactEvent, OrderEvent, Rejection, decode_contact, decode_order
+from streams.events import ContactEvent, OrderEvent, Rejection, decode_contacts, decode_orders
 from streams.hold import ContactHold, Partition
 from streams.metrics import WorkerMetrics
 from streams.output import OutputRecord
@@ -44,6 +45,7 @@ PROBE_TIMEOUT_SECONDS = 2.0
 MAX_DLQ_RECORD_BYTES = 15 * 1024 * 1024
 # Records decoded between two yields to the event loop (about 5 ms of CPU).
 DECODE_CHUNK = 500
+_OCCURRED_AT = attrgetter("occurred_at")
 
 
 class Record(Protocol):
@@ -192,11 +194,13 @@ class BatchProcessor:
         else:
             self.health.probe_succeeded(dependency)
 
-    async def prepare(self, records: list[Record],
+    async def prepare(self, fetched: list[tuple[Partition, list[Record]]],
                       lags: Mapping[Partition, int] | None = None) -> Prepared:
-        """Decode one batch (CPU only): the worker does this for the next batch while the
-        previous batch's script runs in Redis. It yields to the event loop every DECODE_CHUNK
-        records, so a script call that returns meanwhile is followed at once by the next.
+        """Decode one batch (CPU only), given as each partition's records in offset order: the
+        worker does this for the next batch while the previous batch's script runs in Redis.
+        Each partition's records are decoded in runs of up to DECODE_CHUNK (one msgspec call
+        each, streams/events.py), with a yield to the event loop between runs, so a script
+        call that returns meanwhile is followed at once by the next.
         The contacts go through `self.hold`, which may keep some for a later batch; `lags`
         (records not read yet per assigned orders partition) tells it whether the orders are
         behind. Without `lags` nothing is held."""
@@ -206,24 +210,27 @@ class BatchProcessor:
         rejected: list[tuple[Record, Rejection]] = []
         latest: dict[int, float] = {}  # orders partition -> latest event time in this batch
         orders_topic = self.topics[0]
-        for first in range(0, len(records), DECODE_CHUNK):
-            if first:
+        runs = [(partition, records[first:first + DECODE_CHUNK])
+                for partition, records in fetched for first in range(0, len(records), DECODE_CHUNK)]
+        for i, ((topic, partition), run) in enumerate(runs):
+            if i:
                 await asyncio.sleep(0)
-            for record in records[first:first + DECODE_CHUNK]:
-                if record.topic == orders_topic:
-                    order = decode_order(record.value or b"", now)
-                    if type(order) is Rejection:
-                        rejected.append((record, order))
-                        continue
-                    orders.append(order)
-                    if order.occurred_at > latest.get(record.partition, -math.inf):
-                        latest[record.partition] = order.occurred_at
-                else:
-                    contact = decode_contact(record.value or b"", now)
-                    if type(contact) is Rejection:
-                        rejected.append((record, contact))
-                        continue
-                    contacts.append(((record.topic, record.partition), record.offset, contact))
+            values = [record.value or b"" for record in run]
+            if topic == orders_topic:
+                decoded = decode_orders(values, now)
+                kept = [event for event in decoded if type(event) is OrderEvent]
+                if kept:
+                    orders += kept
+                    latest[partition] = max(latest.get(partition, -math.inf),
+                                            max(map(_OCCURRED_AT, kept)))
+            else:
+                decoded = decode_contacts(values, now)
+                kept = [((topic, partition), record.offset, event)
+                        for record, event in zip(run, decoded) if type(event) is ContactEvent]
+                contacts += kept
+            if len(kept) < len(run):
+                rejected += [(record, event) for record, event in zip(run, decoded)
+                             if type(event) is Rejection]
         hold = self.hold
         for partition, time_read in latest.items():
             hold.read_orders((orders_topic, partition), time_read)

@@ -89,9 +89,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 for tp, tp_records in fetched:
                     hold.read((tp.topic, tp.partition), tp_records[-1].offset + 1)
                 assigned = self.assignment()
-                prepared = await processor.prepare(
-                    [record for _, tp_records in fetched for record in tp_records],
-                    self._orders_lags(assigned, hold))
+                prepared = await processor.prepare(fetched, self._orders_lags(assigned, hold))
                 offsets = {TP(*partition): offset
                            for partition, offset in hold.commit_offsets().items()}
                 self._pause_held(assigned, hold, paused)

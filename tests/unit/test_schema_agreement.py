@@ -29,13 +29,16 @@ from streams.events import (
     check_contact,
     check_order,
     decode_contact,
+    decode_contacts,
     decode_order,
+    decode_orders,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 4e11  # about the year 14600: later than any valid timestamp, so time never decides here
 KINDS = ("order", "contact")
 DECODERS = {"order": decode_order, "contact": decode_contact}
+RUN_DECODERS = {"order": decode_orders, "contact": decode_contacts}  # many records in one go
 CHECKERS = {"order": check_order, "contact": check_contact}  # the rule-by-rule path
 REASONS = {"order": ORDER_REASONS, "contact": CONTACT_REASONS}
 SCHEMAS = {
@@ -410,7 +413,12 @@ FAST_PATH_TRAPS = [  # where msgspec alone would answer differently from the rul
     b'{"order_id":"o1","occurred_at":"2026-11-23t10:00:00.123456789z"}',
     b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00+01:00","cause":"Late","x":1e400}',
     b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00Z","cause":"Late","order_id":null}',
-    b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00Z","cause":"\u00c9t\u00c9"}',
+    b'{"contact_id":"c1","occurred_at":"2026-11-23T10:00:00Z","cause":"\\u00c9t\\u00c9"}',
+    b'{"order_id":"o1","occurred_at":"2026-11-23 10:00:00Z"}',  # msgspec's datetime takes " "
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00+0100"}',  # and an offset without ":"
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00.9999999Z"}',  # and rounds up
+    b' {"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z"}',
+    b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z"}\n',
 ]
 
 
@@ -426,3 +434,59 @@ def test_a_plain_record_takes_the_fast_path(kind: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(events, f"check_{kind}", lambda raw, now: pytest.fail("not fast"))
     raw = json.dumps(SCHEMAS[kind]["examples"][0], ensure_ascii=True).encode()
     assert not isinstance(DECODERS[kind](raw, NOW), Rejection)
+
+
+# --- runs of records decoded at once, against the rules record by record --------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_run_answers_as_the_rules_do_record_by_record(kind: str, data: st.DataObject) -> None:
+    """One answer per record, in order, equal to the rules' answer for that record alone."""
+    raws = data.draw(st.lists(st.one_of(VALID_ASCII[kind], VALID_ASCII[kind], near_valid(kind),
+                                        st.sampled_from(FAST_PATH_TRAPS)), max_size=12),
+                     label="raws")
+    assert RUN_DECODERS[kind](raws, NOW) == [CHECKERS[kind](raw, NOW) for raw in raws]
+
+
+ORDER_ALONE = b'{"order_id":"o%d","occurred_at":"2026-11-23T10:00:00Z"}'
+RUNS_THAT_JOIN_DIFFERENTLY = [  # records invalid alone that are valid joined with ","
+    [b'{"order_id":"o1"', b'"occurred_at":"2026-11-23T10:00:00Z"}',
+     ORDER_ALONE % 2 + b"," + ORDER_ALONE % 3],  # a record split in two, one holding two
+    [b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","attributes":{"a":"}',
+     b'{"}}', ORDER_ALONE % 2 + b"," + ORDER_ALONE % 3],  # a string spanning two records
+    [b'{"order_id":"o1","occurred_at":"2026-11-23T10:00:00Z","x":[{"a":1}',
+     b'{"b":2}]}'],  # an array spanning two records, of records that start with "{"
+    [ORDER_ALONE % 1 + b"\n," + ORDER_ALONE % 2],  # two in one
+    [ORDER_ALONE % 1, b""],  # an empty one
+]
+
+
+@pytest.mark.parametrize("raws", RUNS_THAT_JOIN_DIFFERENTLY,
+                         ids=range(len(RUNS_THAT_JOIN_DIFFERENTLY)))
+def test_records_never_merge_or_split_in_a_run(raws: list[bytes]) -> None:
+    assert decode_orders(raws, NOW) == [check_order(raw, NOW) for raw in raws]
+
+
+def test_a_bad_record_in_a_run_is_the_only_one_the_rules_see(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run is split in halves around it, so the other records stay on the fast path;
+    a time too far ahead is found the same way."""
+    asked: list[bytes] = []
+
+    def check(raw: bytes, now: float) -> events.OrderEvent | Rejection:
+        asked.append(raw)
+        return check_order(raw, now)
+
+    monkeypatch.setattr(events, "check_order", check)
+    raws = [ORDER_ALONE % i for i in range(100)]
+    raws[37] = b'{"order_id":5}'
+    raws[80] = b'{"order_id":"o80","occurred_at":"2026-11-23T12:00:00Z"}'
+    answers = decode_orders(raws, datetime.fromisoformat("2026-11-23T10:30:00Z").timestamp())
+    assert asked == [raws[37], raws[80]]
+    assert [i for i, a in enumerate(answers) if isinstance(a, Rejection)] == [37, 80]
+    assert (answers[37].reason, answers[80].reason) == ("wrong_type:order_id", "future_timestamp")
+    assert [a.order_id for a in answers if not isinstance(a, Rejection)] == [
+        f"o{i}" for i in range(100) if i not in (37, 80)]
