@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from zlib import crc32
 
@@ -28,6 +30,9 @@ from streams.tally import ABSENT, OrderTally, Tally
 
 SCRIPT = (Path(__file__).parent / "lua" / "state.lua").read_text()
 OTHER = "other"
+_ATTRIBUTES = attrgetter("attributes")
+_OCCURRED_AT = attrgetter("occurred_at")
+_ORDER_ID = attrgetter("order_id")
 OUTBOX = "cpo:outbox"
 UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
 # Identities live in this many small hashes per kind (`cpo:o:<shard>`, `cpo:c:<shard>`). Part of
@@ -150,9 +155,11 @@ class Registry:
     def learn(self, dimension: str, value: str, value_id: int) -> None:
         self.ids[self.columns[dimension]][value] = value_id
 
-    def row(self, attributes: dict[str, str]) -> tuple[int | None, ...]:
-        """An order's value ids by column; None for a value without an id yet."""
-        return tuple(map(dict.get, self.ids, map(attributes.get, self.names)))
+    def columns_of(self, attributes: list[dict[str, str]]) -> list[list[int | None]]:
+        """The orders' value ids, column by column (one C-level map per column, not a Python
+        loop per order); None for a value without an id yet."""
+        return [list(map(ids.get, map(dict.get, attributes, repeat(name))))
+                for ids, name in zip(self.ids, self.names)]
 
     def text(self, row: tuple[int, ...]) -> str:
         """The ",d:v,..." part of an order record for a row of value ids."""
@@ -256,28 +263,24 @@ class RedisState:
         With `provisional`, a value still without an id is counted as `other`: only the values
         of already-known orders are left unregistered, and the script takes those back.
         """
-        texts, row_of = registry.texts, registry.row
-        arrival = int(batch.now)
-        flat: list = []
-        times: list[int] = []
-        rows: list[int] = []
-        for order in batch.orders:
-            row = row_of(order.attributes)
-            if None in row:
+        orders = batch.orders
+        columns = registry.columns_of(list(map(_ATTRIBUTES, orders)))
+        for i, column in enumerate(columns):
+            if None in column:
                 if not provisional:
                     return
-                row = tuple(0 if v is None else v for v in row)
-            text = texts.get(row)
-            if text is None:
-                text = registry.text(row)
-            t = math.floor(order.occurred_at)
-            flat += (order.order_id, shard_of(order.order_id), f"0{arrival},{t}{text}")
-            times.append(t)
-            rows += row
-        batch.orders_arg = orjson.dumps(flat)
+                columns[i] = [0 if v is None else v for v in column]
+        rows = list(zip(*columns))
+        texts = list(map(registry.texts.get, rows))
+        if None in texts:
+            texts = [registry.text(row) if text is None else text for row, text in zip(rows, texts)]
+        times = list(map(math.floor, map(_OCCURRED_AT, orders)))
+        order_ids = list(map(_ORDER_ID, orders))
+        records = map(f"0{int(batch.now)},{{}}{{}}".format, times, texts)
+        batch.orders_arg = orjson.dumps(list(chain.from_iterable(
+            zip(order_ids, map(shard_of, order_ids), records))))
         batch.tally = registry.tally.count(
-            np.array(times, dtype=np.int64),
-            np.array(rows, dtype=np.int64).reshape(len(times), len(registry.names)), batch.now)
+            np.array(times, dtype=np.int64), np.array(columns, dtype=np.int64).T, batch.now)
 
     def register_args(self, orders: list[OrderEvent], known: Registry | None) -> list:
         """The script's arguments registering the values `known` lacks, order by order (the
