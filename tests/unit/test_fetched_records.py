@@ -1,0 +1,59 @@
+"""The worker's light fetched records carry what aiokafka's own records carry for the fields
+the pipeline reads, for the same record batches."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
+
+from streams.worker import FetchedRecord, LightPartitionRecords, use_light_records
+
+TP = TopicPartition("cpo.orders", 3)
+READ_UNCOMMITTED = 0
+
+
+def record_batches(first_offset: int, sizes: list[int]) -> bytes:
+    """Record batches as a fetch response holds them, with a None key and a None value."""
+    data, offset = b"", first_offset
+    for size in sizes:
+        builder = DefaultRecordBatchBuilder(
+            magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+            producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+        for i in range(size):
+            key = None if offset % 7 == 0 else b"o-%d" % offset
+            value = None if offset % 11 == 0 else b'{"order_id":"o-%d"}' % offset
+            builder.append(offset, timestamp=None, key=key, value=value, headers=[])
+            offset += 1
+        data += bytes(builder.build())
+    return data
+
+
+def fetched(cls: type, data: bytes, fetch_offset: int) -> list:
+    return list(cls(TP, MemoryRecords(data), [], fetch_offset, None, None, True,
+                    READ_UNCOMMITTED))
+
+
+def test_the_same_records_as_aiokafka_from_the_fetch_offset_on() -> None:
+    data = record_batches(0, [5, 40, 1, 17])
+    for fetch_offset in (0, 3):  # a fetch starts in its first batch
+        theirs = fetched(aiokafka_fetcher.PartitionRecords, data, fetch_offset)
+        ours = fetched(LightPartitionRecords, data, fetch_offset)
+        assert len(ours) == 63 - fetch_offset
+        assert [type(r) for r in ours] == [FetchedRecord] * len(ours)
+        assert [(r.topic, r.partition, r.offset, r.key, r.value) for r in ours] == [
+            (r.topic, r.partition, r.offset, r.key, r.value) for r in theirs]
+
+
+def test_a_consumer_with_a_deserializer_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="deserializer"):
+        LightPartitionRecords(TP, MemoryRecords(record_batches(0, [1])), [], 0, None,
+                              bytes.decode, True, READ_UNCOMMITTED)
+
+
+def test_use_light_records_makes_aiokafka_fetch_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aiokafka_fetcher, "PartitionRecords", aiokafka_fetcher.PartitionRecords)
+    use_light_records()
+    assert aiokafka_fetcher.PartitionRecords is LightPartitionRecords
