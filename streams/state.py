@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from zlib import crc32
 
@@ -145,8 +145,10 @@ class Registry:
         self.names = tuple(dimensions[i] for i in order)
         # Per column, value -> id: an absent or empty value maps to ABSENT, `other` to 0.
         self.ids = [{None: ABSENT, "": ABSENT, OTHER: 0} for _ in order]
-        self._pair_texts = [[f",{dim_ids[i]}:{v}" for v in range(max_values)] for i in order]
-        self.texts: dict[tuple[int, ...], str] = {}  # row of ids -> ",d:v,d:v" (cache)
+        # Per column, value id -> ",d:v" (ABSENT, i.e. -1, is the last item: "").
+        self._pair_texts = [[f",{dim_ids[i]}:{v}" for v in range(max_values)] + [""]
+                           for i in order]
+        self._values_of = itemgetter(*self.names) if len(order) > 1 else None
         self.tally = tally
 
     def known(self, dimension: str, value: str) -> bool:
@@ -156,18 +158,22 @@ class Registry:
         self.ids[self.columns[dimension]][value] = value_id
 
     def columns_of(self, attributes: list[dict[str, str]]) -> list[list[int | None]]:
-        """The orders' value ids, column by column (one C-level map per column, not a Python
-        loop per order); None for a value without an id yet."""
-        return [list(map(ids.get, map(dict.get, attributes, repeat(name))))
-                for ids, name in zip(self.ids, self.names)]
+        """The orders' value ids, column by column, by C-level maps rather than a Python loop
+        per order; None for a value without an id yet."""
+        values: list | None = None
+        if self._values_of is not None and attributes:
+            try:  # one call per order takes all its values, when it has every dimension
+                values = list(zip(*map(self._values_of, attributes)))
+            except KeyError:
+                pass
+        if values is None:
+            values = [list(map(dict.get, attributes, repeat(name))) for name in self.names]
+        return [list(map(ids.get, column)) for ids, column in zip(self.ids, values)]
 
-    def text(self, row: tuple[int, ...]) -> str:
-        """The ",d:v,..." part of an order record for a row of value ids."""
-        if len(self.texts) > 100_000:  # bounded; it pays off only for the rows that repeat
-            self.texts.clear()
-        text = self.texts[row] = "".join(
-            [texts[v] for texts, v in zip(self._pair_texts, row) if v != ABSENT])
-        return text
+    def texts_of(self, columns: list[list[int]]) -> list[str]:
+        """Each order's ",d:v,..." (the attributes part of its record), from its value ids."""
+        return list(map("".join, zip(*[map(texts.__getitem__, column)
+                                      for texts, column in zip(self._pair_texts, columns)])))
 
 
 @dataclass
@@ -270,10 +276,7 @@ class RedisState:
                 if not provisional:
                     return
                 columns[i] = [0 if v is None else v for v in column]
-        rows = list(zip(*columns))
-        texts = list(map(registry.texts.get, rows))
-        if None in texts:
-            texts = [registry.text(row) if text is None else text for row, text in zip(rows, texts)]
+        texts = registry.texts_of(columns)
         times = list(map(math.floor, map(_OCCURRED_AT, orders)))
         order_ids = list(map(_ORDER_ID, orders))
         records = map(f"0{int(batch.now)},{{}}{{}}".format, times, texts)
