@@ -16,13 +16,19 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import orjson
 import redis.exceptions
 
-from streams.events import ContactEvent, OrderEvent, Rejection, decode_contacts, decode_orders
+from streams.events import (
+    OCCURRED_AT,
+    ContactEvent,
+    OrderEvent,
+    Rejection,
+    decode_contacts,
+    decode_orders,
+)
 from streams.hold import ContactHold, Partition
 from streams.metrics import WorkerMetrics
 from streams.output import OutputRecord
@@ -45,7 +51,6 @@ PROBE_TIMEOUT_SECONDS = 2.0
 MAX_DLQ_RECORD_BYTES = 15 * 1024 * 1024
 # Records decoded between two yields to the event loop (about 5 ms of CPU).
 DECODE_CHUNK = 500
-_OCCURRED_AT = attrgetter("occurred_at")
 
 
 class Record(Protocol):
@@ -222,7 +227,7 @@ class BatchProcessor:
                 if kept:
                     orders += kept
                     latest[partition] = max(latest.get(partition, -math.inf),
-                                            max(map(_OCCURRED_AT, kept)))
+                                            max(map(OCCURRED_AT, kept)))
             else:
                 decoded = decode_contacts(values, now)
                 kept = [((topic, partition), record.offset, event)

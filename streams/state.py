@@ -24,14 +24,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon, pair_ttl
-from streams.events import ContactEvent, OrderEvent
+from streams.events import ATTRIBUTES, OCCURRED_AT, ContactEvent, OrderEvent
 from streams.settings import Settings
 from streams.tally import ABSENT, OrderTally, Tally
 
 SCRIPT = (Path(__file__).parent / "lua" / "state.lua").read_text()
 OTHER = "other"
-_ATTRIBUTES = attrgetter("attributes")
-_OCCURRED_AT = attrgetter("occurred_at")
 _ORDER_ID = attrgetter("order_id")
 OUTBOX = "cpo:outbox"
 UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
@@ -270,14 +268,14 @@ class RedisState:
         of already-known orders are left unregistered, and the script takes those back.
         """
         orders = batch.orders
-        columns = registry.columns_of(list(map(_ATTRIBUTES, orders)))
+        columns = registry.columns_of(list(map(ATTRIBUTES, orders)))
         for i, column in enumerate(columns):
             if None in column:
                 if not provisional:
                     return
                 columns[i] = [0 if v is None else v for v in column]
         texts = registry.texts_of(columns)
-        times = list(map(math.floor, map(_OCCURRED_AT, orders)))
+        times = list(map(math.floor, map(OCCURRED_AT, orders)))
         order_ids = list(map(_ORDER_ID, orders))
         records = map(f"0{int(batch.now)},{{}}{{}}".format, times, texts)
         batch.orders_arg = orjson.dumps(list(chain.from_iterable(
