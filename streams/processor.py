@@ -217,9 +217,10 @@ class BatchProcessor:
         orders_topic = self.topics[0]
         runs = [(partition, records[first:first + DECODE_CHUNK])
                 for partition, records in fetched for first in range(0, len(records), DECODE_CHUNK)]
-        for i, ((topic, partition), run) in enumerate(runs):
+        for i, (source, run) in enumerate(runs):
             if i:
                 await asyncio.sleep(0)
+            topic, partition = source
             values = [record.value or b"" for record in run]
             if topic == orders_topic:
                 decoded = decode_orders(values, now)
@@ -230,7 +231,7 @@ class BatchProcessor:
                                             max(map(OCCURRED_AT, kept)))
             else:
                 decoded = decode_contacts(values, now)
-                kept = [((topic, partition), record.offset, event)
+                kept = [(source, record.offset, event)
                         for record, event in zip(run, decoded) if type(event) is ContactEvent]
                 contacts += kept
             if len(kept) < len(run):
