@@ -46,6 +46,7 @@ import redis
 
 from bench.baseline import consume
 from bench.report import (
+    TOTALS_SAMPLES,
     BaselineResult,
     DataSummary,
     LatencyResult,
@@ -465,7 +466,7 @@ def wait_visible(exporter: Child, expected: tuple[int, int],
     while time.monotonic() < deadline:
         _check_alive([exporter])
         with contextlib.suppress(OSError):  # not serving yet
-            samples = exporter.scrape()
+            samples = exporter.scrape((*TOTALS_SAMPLES, "cpo_exporter_scrape_seconds"), window)
             shown = exporter_totals(samples, window)
             if shown == expected:
                 return time.monotonic(), samples.get(("cpo_exporter_scrape_seconds", ()))

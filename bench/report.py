@@ -125,6 +125,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+TOTALS_SAMPLES = ("cpo_window_orders{", "cpo_window_contacts{")  # what exporter_totals reads
+
+
 def exporter_totals(samples: dict, window: str) -> tuple[int, int] | None:
     """(orders, contacts of every cause) in `window`, from parsed exporter samples
     ({(name, sorted label pairs): value}); None until the exporter has a snapshot."""

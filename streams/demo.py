@@ -24,7 +24,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, replace
 from http.client import HTTPException
 from pathlib import Path
@@ -217,13 +216,10 @@ def _start_servers(servers: Servers) -> dict[str, str]:
 
 
 def _scrape(child, names: tuple[str, ...], window: str | None = None) -> dict | None:
-    """The child's samples that `liveview.select` keeps; None when the child does not answer."""
-    from streams.liveview import select
-    from streams.processes import parse_metrics
-
+    """The child's samples that `processes.select` keeps; None when the child does not
+    answer."""
     try:
-        with urllib.request.urlopen(child.url("/metrics"), timeout=2) as response:
-            return parse_metrics(select(response.read().decode(), names, window))
+        return child.scrape(names, window, timeout=2)
     except (OSError, ValueError, HTTPException):
         return None
 

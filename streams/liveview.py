@@ -72,15 +72,6 @@ WORKER_METRICS = ("cpo_orders_total", "cpo_contacts_total", "cpo_consumer_lag_re
                   "cpo_pending_contacts", "cpo_worker_ready")
 
 
-def select(text: str, names: tuple[str, ...], window: str | None = None) -> str:
-    """The sample lines of a /metrics text whose name starts with one of `names` and, if they
-    have a window label, whose window is `window`. Parsing all of the exporter's output (every
-    window, contact counts too) would cost a tenth of a CPU second, once a second."""
-    label = f'window="{window}"'
-    return "\n".join(line for line in text.splitlines() if line.startswith(names)
-                     and (window is None or 'window="' not in line or label in line))
-
-
 def exporter_view(samples: Samples, window: str) -> ExporterView:
     rates: dict[str, float] = {}
     by_value: dict[tuple[str, str, str], float] = {}

@@ -65,9 +65,12 @@ class Child:
             time.sleep(0.2)
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def scrape(self) -> dict[Sample, float]:
-        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as response:
-            return parse_metrics(response.read().decode())
+    def scrape(self, names: tuple[str, ...] = (), window: str | None = None,
+               timeout: float = 5.0) -> dict[Sample, float]:
+        """The samples of /metrics; with `names`, only those `select` keeps."""
+        with urllib.request.urlopen(self.url("/metrics"), timeout=timeout) as response:
+            text = response.read().decode()
+        return parse_metrics(select(text, names, window) if names else text)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -89,6 +92,15 @@ class Child:
                 self.kill()
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
+
+
+def select(text: str, names: tuple[str, ...], window: str | None = None) -> str:
+    """The sample lines of a /metrics text whose name starts with one of `names` and, if they
+    have a window label, whose window is `window`. Parsing all of a loaded exporter's output
+    (every window, contact counts too: ~5,000 samples) costs 0.1–0.25 s of CPU."""
+    label = f'window="{window}"'
+    return "\n".join(line for line in text.splitlines() if line.startswith(names)
+                     and (window is None or 'window="' not in line or label in line))
 
 
 def parse_metrics(text: str) -> dict[Sample, float]:

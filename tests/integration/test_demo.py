@@ -41,7 +41,7 @@ import psutil
 import pytest
 
 from streams.buckets import window_bounds
-from streams.processes import parse_metrics
+from streams.processes import parse_metrics, select
 from streams.settings import parse_duration
 
 DURATION = 60
@@ -108,8 +108,7 @@ def scrape_while_running(run: DemoRun, url: str) -> dict[float, dict]:
     while run.process.poll() is None:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                lines = response.read().decode().splitlines()
-            samples = parse_metrics("\n".join(line for line in lines if line.startswith(keep)))
+                samples = parse_metrics(select(response.read().decode(), keep))
         except OSError:
             time.sleep(0.5)
             continue

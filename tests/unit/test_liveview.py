@@ -19,14 +19,13 @@ from streams.liveview import (
     exporter_view,
     point,
     render,
-    select,
     sparkline,
     status_line,
     versus_rest,
     worker_view,
     worst_values,
 )
-from streams.processes import parse_metrics
+from streams.processes import parse_metrics, select
 
 # Window 30s: 1000 cargox orders with 100 where_is_my_order contacts against 9000 other orders
 # with 180 (rate 0.1 against 0.02); the 5m series must be ignored.
