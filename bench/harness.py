@@ -92,7 +92,7 @@ ORDER_KEY_PREFIX = "cpo:o:"  # the order identity hashes, cpo:o:<shard>
 # Redis DBs of the two pipeline runs, flushed before use (DB 0 is left alone).
 REDIS_DB_ONE_WORKER, REDIS_DB_TWO_WORKERS = 1, 2
 PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "redis", "hiredis", "orjson",
-            "uvloop", "prometheus-client", "psutil", "mode-streaming")
+            "prometheus-client", "psutil", "mode-streaming")
 
 
 class BenchError(RuntimeError):
