@@ -23,6 +23,7 @@ from bench.report import (
     rate,
     ratio,
     table,
+    targets,
 )
 from streams.local import with_redis_db
 
@@ -208,6 +209,21 @@ def test_targets_report_met_missed_and_not_run() -> None:
     jsonschema.validate(skipped, RESULT_SCHEMA)
     assert skipped["targets"]["p99_latency_seconds"]["met"] is None
     assert skipped["targets"]["redis_bytes_per_order"]["met"] is None
+
+
+def test_the_scaling_target_says_whether_the_cores_allow_it() -> None:
+    """One worker's pipeline kept 1.35 cores busy (9 + 4 + 0.5 CPU-s over 10 s): 1.6x its rate
+    needs 2.16 cores, more than a 2-core machine has, fewer than a 4-core one."""
+    for cpus, allow in ((2, False), (4, True)):
+        document = result()
+        document["machine"]["cpus_usable"] = cpus
+        scaling = targets(document)["scaling_2w_over_1w"]
+        assert scaling["cores_needed"] == pytest.approx(1.6 * 1.35)
+        assert (scaling["cores"], scaling["cores_allow"]) == (cpus, allow)
+        document["targets"] = targets(document)
+        note = "cores do not allow it: 1.6x one worker needs 2.2 cores of 2"
+        assert (note in table(document)) is not allow
+    assert result()["targets"]["scaling_2w_over_1w"]["cores_allow"] is None  # CPUs unknown
 
 
 def test_the_table_shows_every_figure() -> None:
