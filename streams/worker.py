@@ -34,7 +34,7 @@ from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
 from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
 from streams.settings import Settings, load_settings
-from streams.state import BatchResult, RedisState, connect
+from streams.state import RedisState, connect
 
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
@@ -48,8 +48,8 @@ OUTBOX_ORPHAN_SECONDS = 60.0
 # queues behind the running script: a median 190 ms per batch on the benchmark, longer than a
 # batch's script, so outputs overlap.
 MAX_BATCHES_OUTPUTTING = 4
-# Decoded batches waiting for or in their script call: one runs in Redis, the next is ready to
-# go the moment it returns.
+# Script calls in flight at once: one runs in Redis, the next waits in Redis's queue, so Redis
+# goes from one batch to the next without waiting for the worker (bench/README, session 9).
 MAX_BATCHES_COUNTING = 2
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
@@ -115,10 +115,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     A batch goes through three steps, and they overlap: batch N+2 is fetched and decoded (the
     worker's CPU) while batch N+1's script runs in Redis (another process) and the output
-    records of batch N and earlier go to Kafka (round trips). Redis takes the batches one at a
-    time, in order: each script call is chained to the previous one and goes out as soon as
-    that one returns, and the decode yields to the event loop between chunks so that this
-    hand-off does not wait for a whole batch's decode (Redis would idle meanwhile). Outputs of
+    records of batch N and earlier go to Kafka (round trips). A batch's script call goes out
+    as soon as the batch is decoded, even while the previous one still runs: Redis queues it
+    and starts it the moment the previous one ends, instead of idling until the worker's event
+    loop has read that reply and sent the next. The calls run in any order (they usually run
+    in batch order), which the script allows: an order counted twice is taken back by whichever
+    call comes second, and a contact counted before its order waits for it in Redis. Outputs of
     several batches run at once, in any order; offsets are committed in batch order, each only
     after its batch's effects are durable. Counting a batch before the previous one is
     committed is safe: after a crash both are redelivered, and the script's identities count
@@ -135,7 +137,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
         hold = processor.hold
-        counting: asyncio.Future | None = None  # the newest batch's script call
         uncounted: deque[asyncio.Future] = deque()  # script calls not returned yet
         outputs: deque[asyncio.Future] = deque()  # output and commit of counted batches
         paused: set[TP] = set()  # contacts partitions paused here while contacts are held
@@ -162,7 +163,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await uncounted.popleft()
                 while len(outputs) >= MAX_BATCHES_OUTPUTTING:  # Kafka sets the pace too
                     await outputs.popleft()
-                counting = asyncio.ensure_future(self._count(processor, prepared, counting))
+                counting = asyncio.ensure_future(processor.count(prepared))
                 uncounted.append(counting)
                 previous = outputs[-1] if outputs else None
                 outputs.append(asyncio.ensure_future(
@@ -210,13 +211,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.app.processor.hold.forget(revoked)  # type: ignore[attr-defined]
         await super().on_partitions_revoked(revoked)
-
-    @staticmethod
-    async def _count(processor: BatchProcessor, prepared: Prepared,
-                     previous: asyncio.Future | None) -> BatchResult:
-        if previous is not None:
-            await previous  # scripts in batch order, one at a time
-        return await processor.count(prepared)
 
     async def _output(self, processor: BatchProcessor, prepared: Prepared,
                       counting: asyncio.Future, previous: asyncio.Future | None,
