@@ -11,8 +11,9 @@ Two paths give the same answers:
   record of the rule-by-rule path, bench/README.md). It only takes records it can judge
   exactly: ASCII (so no UTF-8 to check in a skipped value) with no field outside the schema (so
   no number or nesting that msgspec and orjson bound differently). When a run holds a record it
-  does not take, the run is split in halves until that record is alone; it then goes to the
-  checking path, which gives the reason. `decode_order` / `decode_contact` are a run of one.
+  does not take, the run is cut at that record (msgspec's error, or the failed check, names
+  it), which goes alone to the checking path; that path gives the reason.
+  `decode_order` / `decode_contact` are a run of one.
   `tests/unit/test_schema_agreement.py` checks that both paths give equal answers, for
   single records and for runs.
 The rules are those of `schemas/order-event.v1.json` and `schemas/contact-event.v1.json`;
@@ -25,10 +26,11 @@ header), so a reason never contains data from the record.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import chain
+from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, TypeVar
 
@@ -194,42 +196,78 @@ def decode_contact(raw: bytes, now: float) -> ContactEvent | Rejection:
     return decode_contacts([raw], now)[0]
 
 
-def _orders_of(fields: list[_OrderFields], seconds: list[float]) -> list[OrderEvent] | None:
-    """The events, or None if an attribute name is too long (names seen in the run, once)."""
+def _orders_of(fields: list[_OrderFields], seconds: list[float]) -> list[OrderEvent] | int:
+    """The events, or the index of an order with an attribute name too long (names seen in the
+    run, once)."""
     names = set(chain.from_iterable(map(ATTRIBUTES, fields)))
     if names and max(map(len, names)) > MAX_ATTRIBUTE_KEY_CHARS:
-        return None
+        return next(i for i, f in enumerate(fields)
+                    if any(len(name) > MAX_ATTRIBUTE_KEY_CHARS for name in f.attributes))
     return [OrderEvent(f.order_id, t, f.attributes, f.event_id) for f, t in zip(fields, seconds)]
 
 
-def _contacts_of(fields: list[_ContactFields], seconds: list[float]) -> list[ContactEvent] | None:
+def _contacts_of(fields: list[_ContactFields], seconds: list[float]) -> list[ContactEvent] | int:
     return [ContactEvent(f.contact_id, t, f.cause.lower(), f.order_id, f.channel, f.event_id)
             for f, t in zip(fields, seconds)]
 
 
 _Event = TypeVar("_Event", OrderEvent, ContactEvent)
+# Records per msgspec call. A run holding a record the fast path refuses is decoded about twice,
+# so shorter runs lose less to the few malformed records (0.1% in the benchmark); 125 decoded
+# fastest of 60 to 500 (bench/README.md, session 9).
+FAST_PATH_RUN = 125
 
 
 def _decode_run(values: list[bytes], now: float, decoder: msgspec.json.Decoder,
-                events_of: Callable[[Any, list[float]], list[_Event] | None],
+                events_of: Callable[[Any, list[float]], list[_Event] | int],
                 check: Callable[[bytes, float], _Event | Rejection]) -> list[_Event | Rejection]:
-    """The fast path over a whole run, or its halves, down to single records for `check`."""
-    if values:
-        fields = _fields_of(values, decoder)
-        seconds = None if fields is None else _seconds_of(list(map(OCCURRED_AT, fields)))
-        if seconds is not None and max(seconds) <= now + MAX_FUTURE_SECONDS:
-            events = events_of(fields, seconds)
-            if events is not None:
-                return events
-    if len(values) <= 1:
-        return [check(raw, now) for raw in values]
-    half = len(values) // 2
-    return (_decode_run(values[:half], now, decoder, events_of, check)
-            + _decode_run(values[half:], now, decoder, events_of, check))
+    """The fast path over the records, FAST_PATH_RUN at a time. Where it refuses a record, the
+    records before that one take the fast path again, that one goes to `check` alone, and the
+    rest starts over; a run whose refused record is not known is split in halves. Which record
+    is refused only decides how the records are cut into runs: every run gets the same answers
+    as its records one by one."""
+    answers: list[_Event | Rejection] = []
+    first = 0
+    while first < len(values):
+        run = values[first:first + FAST_PATH_RUN]
+        refused = _fields_of(run, decoder)
+        if type(refused) is list:
+            fields = refused
+            stamps = list(map(OCCURRED_AT, fields))
+            seconds = _seconds_of(stamps)
+            latest = now + MAX_FUTURE_SECONDS
+            if seconds is None:
+                refused = next((i for i, stamp in enumerate(stamps)
+                                if _seconds_of([stamp]) is None), None)
+            elif max(seconds) > latest:
+                refused = next(i for i, t in enumerate(seconds) if t > latest)
+            else:
+                refused = events_of(fields, seconds)
+                if type(refused) is list:
+                    answers += refused
+                    first += len(run)
+                    continue
+        if len(run) == 1:
+            answers.append(check(run[0], now))
+            first += 1
+        elif refused is None:
+            answers += _decode_run(run[:len(run) // 2], now, decoder, events_of, check)
+            first += len(run) // 2
+        else:
+            answers += _decode_run(run[:refused], now, decoder, events_of, check)
+            answers.append(check(run[refused], now))
+            first += refused + 1
+    return answers
 
 
-def _fields_of(values: list[bytes], decoder: msgspec.json.Decoder) -> list | None:
-    """Every record's fields from one msgspec call over `[r1\n,r2\n,...]`, or None.
+_VALIDATION_INDEX = re.compile(r"- at `\$\[(\d+)\]")  # msgspec: "... - at `$[12].order_id`"
+_MALFORMED_AT = re.compile(r"\(byte (\d+)\)$")  # msgspec: "JSON is malformed: ... (byte 345)"
+
+
+def _fields_of(values: list[bytes], decoder: msgspec.json.Decoder) -> list | int | None:
+    """Every record's fields from one msgspec call over `[r1\n,r2\n,...]`, or the index of a
+    record the fast path refuses (from the check that failed, or msgspec's error), or None
+    when that is not known.
 
     Why each element is exactly one record: every record starts with `{`, and a successful
     parse can have `,{` only between the array's elements (the structs have no array field,
@@ -238,19 +276,27 @@ def _fields_of(values: list[bytes], decoder: msgspec.json.Decoder) -> list | Non
     separators, and n elements leave no room for another.
     """
     try:
-        if bytes(map(_FIRST_BYTE, values)).count(b"{") != len(values):
-            return None
+        firsts = bytes(map(_FIRST_BYTE, values))
     except IndexError:  # an empty record
-        return None
+        return values.index(b"")
+    if firsts.count(b"{") != len(values):
+        return len(firsts) - len(firsts.lstrip(b"{"))
     if max(map(len, values)) > MAX_RECORD_BYTES:
-        return None
+        return next(i for i, value in enumerate(values) if len(value) > MAX_RECORD_BYTES)
     text = b"[" + b"\n,".join(values) + b"]"
     if not text.isascii():
-        return None
+        return next(i for i, value in enumerate(values) if not value.isascii())
     try:
         fields = decoder.decode(text)
-    except msgspec.MsgspecError:
-        return None
+    except msgspec.ValidationError as exc:
+        found = _VALIDATION_INDEX.search(str(exc))
+        return min(int(found[1]), len(values) - 1) if found else None
+    except msgspec.DecodeError as exc:
+        found = _MALFORMED_AT.search(str(exc))
+        if not found:
+            return None
+        starts = list(accumulate((len(value) + 2 for value in values[:-1]), initial=1))
+        return max(bisect_left(starts, int(found[1])) - 1, 0)  # at a record's `{`: the one before
     return fields if len(fields) == len(values) else None
 
 

@@ -472,8 +472,7 @@ def test_records_never_merge_or_split_in_a_run(raws: list[bytes]) -> None:
 def test_a_bad_record_in_a_run_is_the_only_one_the_rules_see(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The run is split in halves around it, so the other records stay on the fast path;
-    a time too far ahead is found the same way."""
+    """The other records stay on the fast path; a time too far ahead is found the same way."""
     asked: list[bytes] = []
 
     def check(raw: bytes, now: float) -> events.OrderEvent | Rejection:
@@ -490,3 +489,50 @@ def test_a_bad_record_in_a_run_is_the_only_one_the_rules_see(
     assert (answers[37].reason, answers[80].reason) == ("wrong_type:order_id", "future_timestamp")
     assert [a.order_id for a in answers if not isinstance(a, Rejection)] == [
         f"o{i}" for i in range(100) if i not in (37, 80)]
+
+
+REFUSED_BY_THE_FAST_PATH = [
+    b'{"order_id":5,"occurred_at":"2026-11-23T10:00:00Z"}',  # msgspec: wrong type
+    b'{"order_id":"x","occurred_at":"2026-11-23T10:00:00Z"',  # malformed: error at the next `{`
+    b'{"order_id":"x",,"occurred_at":"2026-11-23T10:00:00Z"}',  # malformed inside the record
+    b'{"order_id":"x","occurred_at":"2026-11-23T10:00:00Z","extra":1}',  # a field msgspec has not
+    b'{"order_id":"\xc3\xa9","occurred_at":"2026-11-23T10:00:00Z"}',  # not ASCII
+    b"",
+    b'["order_id"]',
+    b'{"order_id":"x","occurred_at":"2026-02-30T10:00:00Z"}',  # no such day
+    b'{"order_id":"x","occurred_at":"2026-11-23 10:00"}',  # not the shape
+    b'{"order_id":"x","occurred_at":"2026-11-23T10:00:00Z","attributes":{"%s":"v"}}' % (
+        b"k" * 65),
+]
+
+
+@pytest.mark.parametrize("bad", REFUSED_BY_THE_FAST_PATH, ids=range(len(REFUSED_BY_THE_FAST_PATH)))
+@pytest.mark.parametrize("position", [0, 1, 130, 299])
+def test_a_refused_record_costs_its_neighbours_one_more_fast_decode_at_most(
+    monkeypatch: pytest.MonkeyPatch, bad: bytes, position: int,
+) -> None:
+    """The fast path names the record it refuses, so the run is cut there instead of being
+    halved down to it (which decoded the records near it about log2(run) times)."""
+    raws = [ORDER_ALONE % i for i in range(300)]
+    raws[position] = bad
+    attempts = [0] * len(raws)
+    index = {raw: i for i, raw in enumerate(raws)}
+    fields_of = events._fields_of
+
+    def counting(values: list[bytes], decoder: object) -> object:
+        for value in values:
+            attempts[index[value]] += 1
+        return fields_of(values, decoder)
+
+    asked: list[bytes] = []
+
+    def check(raw: bytes, now: float) -> events.OrderEvent | Rejection:
+        asked.append(raw)
+        return check_order(raw, now)
+
+    monkeypatch.setattr(events, "_fields_of", counting)
+    monkeypatch.setattr(events, "check_order", check)
+    answers = decode_orders(raws, NOW)
+    assert asked == [bad]  # the rules see the refused record only (they may still accept it)
+    assert answers == [check_order(raw, NOW) for raw in raws]
+    assert max(attempts) <= 2, attempts
