@@ -22,6 +22,9 @@ import numpy as np
 from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_key
 
 ABSENT = -1  # the order has no value for that dimension
+# Pair counts are summed with one bincount over every possible (bucket, pair, value, value)
+# code when there are at most this many (an 8 MB array), else by sorting the codes.
+MAX_DENSE_CODES = 1 << 20
 
 
 @dataclass
@@ -57,6 +60,8 @@ class OrderTally:
         self.pairs = pairs
         self.value_fields = [[f"o:{d}:{v}" for v in range(max_values)] for d in dim_ids]
         self.column_pairs = list(combinations(range(len(dim_ids)), 2))
+        self.pair_columns = (np.array([a for a, _ in self.column_pairs], dtype=np.int64),
+                             np.array([b for _, b in self.column_pairs], dtype=np.int64))
         self.dim_ids = dim_ids
         self._pair_fields: dict[int, str] = {}  # (pair index, value, value) code -> field
 
@@ -103,18 +108,23 @@ class OrderTally:
         counts = [tally.pairs.setdefault(str(int(s)), {}) for s in starts]
         width = self.max_values
         per_pair = width * width
-        names = self._pair_fields
-        for pair_index, (a, b) in enumerate(self.column_pairs):
-            present = (values[:, a] != ABSENT) & (values[:, b] != ABSENT)
-            codes = (index[present] * len(self.column_pairs) + pair_index) * per_pair + (
-                values[present, a] * width + values[present, b])
+        first, second = self.pair_columns
+        a, b = values[:, first], values[:, second]  # one column per pair of dimensions
+        codes = ((index[:, None] * len(first) + np.arange(len(first))) * per_pair
+                 + a * width + b)[(a != ABSENT) & (b != ABSENT)]
+        if len(starts) * len(first) * per_pair <= MAX_DENSE_CODES:  # one pass, no sort
+            per_code = np.bincount(codes, minlength=len(starts) * len(first) * per_pair)
+            found = np.flatnonzero(per_code)
+            per_code = per_code[found]
+        else:
             found, per_code = np.unique(codes, return_counts=True)
-            for code, n in zip(found.tolist(), per_code.tolist()):
-                bucket, name_code = divmod(code, len(self.column_pairs) * per_pair)
-                name = names.get(name_code)
-                if name is None:
-                    name = names[name_code] = self._pair_field(name_code)
-                counts[bucket][name] = n
+        names = self._pair_fields
+        for code, n in zip(found.tolist(), per_code.tolist()):
+            bucket, name_code = divmod(code, len(first) * per_pair)
+            name = names.get(name_code)
+            if name is None:
+                name = names[name_code] = self._pair_field(name_code)
+            counts[bucket][name] = n
 
     def _pair_field(self, name_code: int) -> str:
         pair_index, values = divmod(name_code, self.max_values * self.max_values)
