@@ -17,6 +17,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from zlib import crc32
 
+import msgspec
 import numpy as np
 import orjson
 import redis
@@ -61,8 +62,10 @@ def count_identities(client: redis.Redis, kind: str) -> int:
         return sum(pipe.execute())
 
 
-@dataclass(frozen=True, slots=True)
-class Attributed:
+class Attributed(msgspec.Struct, frozen=True, gc=False):
+    """A contact the script joined to its order (a Struct: thousands are made per batch, and a
+    frozen dataclass's __init__ took 2.5 times as long)."""
+
     contact_id: str
     cause_id: int
     order_id: str
@@ -71,8 +74,9 @@ class Attributed:
     values: str  # the order's attribute values, "d:v,d:v" (dimension id:value id), or ""
 
 
-@dataclass(frozen=True, slots=True)
-class Unattributed:
+class Unattributed(msgspec.Struct, frozen=True, gc=False):
+    """A contact counted without an order."""
+
     contact_id: str
     cause_id: int
     reason: str  # "no_order_id" | "order_not_found"
