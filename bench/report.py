@@ -200,13 +200,17 @@ def _target(value: float | None, target: float, higher_is_better: bool,
 def _scaling_target(document: dict[str, Any], one: dict[str, Any]) -> dict[str, Any]:
     """The scaling target, with whether the machine has the cores it assumes ("when cores
     allow", issue 6): at the target's rate the workers, Redis and the broker do 1.6 times the
-    work per second, so they need 1.6 times the cores one worker's pipeline kept busy."""
+    work per second, so they need 1.6 times the cores one worker's pipeline kept busy. Missed
+    where the cores do not allow it, the target does not apply: `met` is None, as for a
+    latency measured below its input rate."""
     entry = _target(document.get("scaling_2w_over_1w"), TARGET_SCALING, True)
     busy, cores = one.get("cores_busy"), document["machine"].get("cpus_usable")
     entry["cores_needed"] = TARGET_SCALING * busy if busy is not None else None
     entry["cores"] = cores
     entry["cores_allow"] = (entry["cores_needed"] <= cores
                             if busy is not None and cores else None)
+    if entry["met"] is False and entry["cores_allow"] is False:
+        entry["met"] = None
     return entry
 
 

@@ -213,16 +213,20 @@ def test_targets_report_met_missed_and_not_run() -> None:
 
 def test_the_scaling_target_says_whether_the_cores_allow_it() -> None:
     """One worker's pipeline kept 1.35 cores busy (9 + 4 + 0.5 CPU-s over 10 s): 1.6x its rate
-    needs 2.16 cores, more than a 2-core machine has, fewer than a 4-core one."""
-    for cpus, allow in ((2, False), (4, True)):
-        document = result()
-        document["machine"]["cpus_usable"] = cpus
-        scaling = targets(document)["scaling_2w_over_1w"]
-        assert scaling["cores_needed"] == pytest.approx(1.6 * 1.35)
-        assert (scaling["cores"], scaling["cores_allow"]) == (cpus, allow)
-        document["targets"] = targets(document)
-        note = "cores do not allow it: 1.6x one worker needs 2.2 cores of 2"
-        assert (note in table(document)) is not allow
+    needs 2.16 cores, more than a 2-core machine has, fewer than a 4-core one. A scaling below
+    the target is missed where the cores allow it, and does not apply where they do not."""
+    for scaling_2w, reached in ((2.0, True), (1.25, False)):
+        for cpus, allow in ((2, False), (4, True)):
+            document = result()
+            document["scaling_2w_over_1w"] = scaling_2w
+            document["machine"]["cpus_usable"] = cpus
+            scaling = targets(document)["scaling_2w_over_1w"]
+            assert scaling["cores_needed"] == pytest.approx(1.6 * 1.35)
+            assert (scaling["cores"], scaling["cores_allow"]) == (cpus, allow)
+            assert scaling["met"] is (True if reached else (False if allow else None))
+            document["targets"] = targets(document)
+            note = "cores do not allow it: 1.6x one worker needs 2.2 cores of 2"
+            assert (note in table(document)) is not allow
     assert result()["targets"]["scaling_2w_over_1w"]["cores_allow"] is None  # CPUs unknown
 
 
