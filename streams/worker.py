@@ -22,6 +22,7 @@ import aiokafka
 import faust
 import msgspec
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException as KafkaCorruptRecord
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -66,25 +67,81 @@ class FetchedRecord(msgspec.Struct, gc=False):
 
 
 class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
-    """aiokafka's iterator over a fetched partition, making a `FetchedRecord` (built in C) per
-    record instead of a `ConsumerRecord` (a Python dataclass of 11 fields, with sizes and
-    headers). It runs in Faust's consumer thread, which holds the GIL the main thread needs.
-    The worker's consumer has no deserializers: Faust deserializes, and here nobody does."""
+    """aiokafka's records of a fetched partition, made a whole record batch at a time as
+    `FetchedRecord`s (built in C) instead of one `ConsumerRecord` (a Python dataclass of 11
+    fields) per record through a generator. It runs in Faust's consumer thread while the main
+    thread waits for the fetch, and that thread holds the GIL the main thread needs.
+    The worker's consumer has no deserializers (Faust deserializes, and here nobody does) and
+    reads uncommitted, so no transaction markers are to be applied; control batches are
+    skipped, as aiokafka does."""
 
     def __init__(self, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int,
-                 key_deserializer: Any, value_deserializer: Any, *args: Any) -> None:
+                 key_deserializer: Any, value_deserializer: Any, check_crcs: bool,
+                 isolation_level: int) -> None:
         if key_deserializer is not None or value_deserializer is not None:
             raise RuntimeError("LightPartitionRecords: the consumer has a deserializer")
-        super().__init__(tp, records, aborted_transactions, fetch_offset, None, None, *args)
+        if isolation_level == aiokafka_fetcher.READ_COMMITTED:
+            raise RuntimeError("LightPartitionRecords: the consumer reads committed records")
+        super().__init__(tp, records, aborted_transactions, fetch_offset, None, None,
+                         check_crcs, isolation_level)
+        self._batch: list[FetchedRecord] = []  # the current record batch's records not taken
+        self._batch_end = fetch_offset  # the offset after the current record batch
 
-    def _consumer_record(self, tp: TP, record: Any) -> FetchedRecord:
-        return FetchedRecord(tp.topic, tp.partition, record.offset, record.key, record.value)
+    def take(self, limit: int | None) -> list[FetchedRecord]:
+        """The next records, up to `limit` (None: all); `next_fetch_offset` follows them."""
+        taken: list[FetchedRecord] = []
+        while limit is None or len(taken) < limit:
+            if not self._batch and not self._next_batch():
+                break
+            count = len(self._batch) if limit is None else limit - len(taken)
+            taken += self._batch[:count]
+            del self._batch[:count]
+            self.next_fetch_offset = taken[-1].offset + 1 if self._batch else self._batch_end
+        return taken
+
+    def _next_batch(self) -> bool:
+        """Read the next record batch that holds records from `next_fetch_offset` on."""
+        records, (topic, partition) = self._records, self._tp
+        while records.has_next():
+            batch = records.next_batch()
+            if self._check_crcs and not batch.validate_crc():
+                raise KafkaCorruptRecord(f"Invalid CRC - {self._tp}")
+            if not batch.is_control_batch:
+                start = self.next_fetch_offset
+                self._batch = [FetchedRecord(topic, partition, r.offset, r.key, r.value)
+                               for r in batch if r.offset >= start]
+                self._batch_end = batch.next_offset
+                if self._batch:
+                    return True
+            self.next_fetch_offset = batch.next_offset
+        return False
+
+    def __next__(self) -> FetchedRecord:
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
+
+
+class LightFetchResult(aiokafka_fetcher.FetchResult):
+    """aiokafka's fetched partition, handing its records out by `LightPartitionRecords.take`
+    rather than one iteration step each."""
+
+    def getall(self, max_records: int | None = None) -> list[FetchedRecord]:
+        if not self.check_assignment(self._topic_partition) or not self.has_more():
+            return []
+        records = self._partition_records.take(max_records)
+        self._update_position()
+        if max_records is None or len(records) < max_records:
+            self._partition_records = None  # all taken
+        return records
 
 
 def use_light_records() -> None:
-    """Make this process's aiokafka consumers yield `FetchedRecord`s (the worker's only
+    """Make this process's aiokafka consumers hand out `FetchedRecord`s (the worker's only
     consumer is Faust's, whose records only `BatchConsumer` reads)."""
     aiokafka_fetcher.PartitionRecords = LightPartitionRecords
+    aiokafka_fetcher.FetchResult = LightFetchResult
 
 
 # How long the broker may hold a fetch that finds no new data. aiokafka keeps one fetch in

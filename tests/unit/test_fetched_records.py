@@ -1,6 +1,7 @@
 """The worker's aiokafka consumer: its light fetched records carry what aiokafka's own records
-carry for the fields the pipeline reads, for the same record batches, and it asks the broker
-to hold an empty fetch only briefly."""
+carry for the fields the pipeline reads, for the same record batches, handed out in the same
+slices with the same consumer positions, and it asks the broker to hold an empty fetch only
+briefly."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import asyncio
 
 import pytest
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
 from streams.settings import load_settings
 from streams.worker import (
     FETCH_MAX_WAIT_MS,
     FetchedRecord,
+    LightFetchResult,
     LightPartitionRecords,
     create_app,
     use_light_records,
@@ -41,6 +45,14 @@ def record_batches(first_offset: int, sizes: list[int]) -> bytes:
     return data
 
 
+def as_control_batch(batch: bytes) -> bytes:
+    """The record batch with its control flag set (attributes bit 5) and its CRC redone, as a
+    transaction marker's batch: records a consumer must skip."""
+    attributes = int.from_bytes(batch[21:23], "big") | 0x20
+    body = attributes.to_bytes(2, "big") + batch[23:]
+    return batch[:17] + calc_crc32c(body).to_bytes(4, "big") + body
+
+
 def fetched(cls: type, data: bytes, fetch_offset: int) -> list:
     return list(cls(TP, MemoryRecords(data), [], fetch_offset, None, None, True,
                     READ_UNCOMMITTED))
@@ -57,16 +69,62 @@ def test_the_same_records_as_aiokafka_from_the_fetch_offset_on() -> None:
             (r.topic, r.partition, r.offset, r.key, r.value) for r in theirs]
 
 
+def slices(partition_records: type, fetch_result: type, data: bytes, fetch_offset: int,
+           max_records: int | None) -> list[tuple[list[tuple], int]]:
+    """Each getall's records and the consumer position after it, until the fetch is drained."""
+    async def drain() -> list[tuple[list[tuple], int]]:
+        subscription = SubscriptionState()
+        subscription.assign_from_user({TP})
+        assignment = subscription.subscription.assignment
+        assignment.state_value(TP).reset_to(fetch_offset)
+        result = fetch_result(TP, assignment=assignment, backoff=0, partition_records=(
+            partition_records(TP, MemoryRecords(data), [], fetch_offset, None, None, True,
+                              READ_UNCOMMITTED)))
+        taken = []
+        while result.has_more():
+            records = result.getall(max_records)
+            taken.append(([(r.offset, r.key, r.value) for r in records],
+                          assignment.state_value(TP).position))
+        return taken
+    return asyncio.run(drain())
+
+
+@pytest.mark.parametrize("max_records", [1, 3, 17, 40, 63, 1000, None])
+@pytest.mark.parametrize("fetch_offset", [0, 3, 46])
+def test_records_are_handed_out_as_aiokafka_does(max_records: int | None,
+                                                  fetch_offset: int) -> None:
+    """Slices across and within record batches, a fetch starting inside a batch, and a
+    control batch (skipped, its offsets passed) between them."""
+    batches = [record_batches(0, [5]), record_batches(5, [40]), record_batches(45, [1]),
+               record_batches(46, [17]), record_batches(63, [4])]
+    batches[2] = as_control_batch(batches[2])
+    data = b"".join(batches)
+    theirs = slices(aiokafka_fetcher.PartitionRecords, aiokafka_fetcher.FetchResult, data,
+                    fetch_offset, max_records)
+    ours = slices(LightPartitionRecords, LightFetchResult, data, fetch_offset, max_records)
+    assert ours == theirs
+    assert 45 not in [offset for records, _ in ours for offset, _, _ in records]
+    assert ours[-1][1] == 67  # the position after the last record
+
+
 def test_a_consumer_with_a_deserializer_is_refused() -> None:
     with pytest.raises(RuntimeError, match="deserializer"):
         LightPartitionRecords(TP, MemoryRecords(record_batches(0, [1])), [], 0, None,
                               bytes.decode, True, READ_UNCOMMITTED)
 
 
+def test_a_consumer_reading_committed_records_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="committed"):
+        LightPartitionRecords(TP, MemoryRecords(record_batches(0, [1])), [], 0, None, None,
+                              True, aiokafka_fetcher.READ_COMMITTED)
+
+
 def test_use_light_records_makes_aiokafka_fetch_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aiokafka_fetcher, "PartitionRecords", aiokafka_fetcher.PartitionRecords)
+    monkeypatch.setattr(aiokafka_fetcher, "FetchResult", aiokafka_fetcher.FetchResult)
     use_light_records()
     assert aiokafka_fetcher.PartitionRecords is LightPartitionRecords
+    assert aiokafka_fetcher.FetchResult is LightFetchResult
 
 
 def test_the_broker_holds_an_empty_fetch_briefly() -> None:
