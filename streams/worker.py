@@ -16,6 +16,8 @@ import asyncio
 import gc
 import logging
 from collections import deque
+from collections.abc import Iterator
+from itertools import dropwhile, islice
 from typing import Any
 
 import aiokafka
@@ -67,7 +69,7 @@ class FetchedRecord(msgspec.Struct, gc=False):
 
 
 class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
-    """aiokafka's records of a fetched partition, made a whole record batch at a time as
+    """aiokafka's records of a fetched partition, made as many at a time as asked for, as
     `FetchedRecord`s (built in C) instead of one `ConsumerRecord` (a Python dataclass of 11
     fields) per record through a generator. It runs in Faust's consumer thread while the main
     thread waits for the fetch, and that thread holds the GIL the main thread needs.
@@ -84,36 +86,43 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
             raise RuntimeError("LightPartitionRecords: the consumer reads committed records")
         super().__init__(tp, records, aborted_transactions, fetch_offset, None, None,
                          check_crcs, isolation_level)
-        self._batch: list[FetchedRecord] = []  # the current record batch's records not taken
+        self._batch: Iterator[Any] | None = None  # the current record batch's records left
         self._batch_end = fetch_offset  # the offset after the current record batch
 
     def take(self, limit: int | None) -> list[FetchedRecord]:
-        """The next records, up to `limit` (None: all); `next_fetch_offset` follows them."""
+        """The next records, up to `limit` (None: all), made a list comprehension per record
+        batch; the rest of a batch stays in its buffer. `next_fetch_offset` follows them."""
+        topic, partition = self._tp
         taken: list[FetchedRecord] = []
         while limit is None or len(taken) < limit:
-            if not self._batch and not self._next_batch():
+            if self._batch is None and not self._next_batch():
                 break
-            count = len(self._batch) if limit is None else limit - len(taken)
-            taken += self._batch[:count]
-            del self._batch[:count]
-            self.next_fetch_offset = taken[-1].offset + 1 if self._batch else self._batch_end
+            wanted = None if limit is None else limit - len(taken)
+            records = [FetchedRecord(topic, partition, r.offset, r.key, r.value)
+                       for r in islice(self._batch, wanted)]  # type: ignore[arg-type]
+            taken += records
+            if wanted is None or len(records) < wanted:  # the batch is done
+                self._batch = None
+                self.next_fetch_offset = self._batch_end
+            else:
+                self.next_fetch_offset = records[-1].offset + 1
         return taken
 
     def _next_batch(self) -> bool:
-        """Read the next record batch that holds records from `next_fetch_offset` on."""
-        records, (topic, partition) = self._records, self._tp
+        """Open the next record batch that is not a control batch, from `next_fetch_offset` on
+        (a fetch may start inside its first batch)."""
+        records = self._records
         while records.has_next():
             batch = records.next_batch()
             if self._check_crcs and not batch.validate_crc():
                 raise KafkaCorruptRecord(f"Invalid CRC - {self._tp}")
-            if not batch.is_control_batch:
-                start = self.next_fetch_offset
-                self._batch = [FetchedRecord(topic, partition, r.offset, r.key, r.value)
-                               for r in batch if r.offset >= start]
-                self._batch_end = batch.next_offset
-                if self._batch:
-                    return True
-            self.next_fetch_offset = batch.next_offset
+            if batch.is_control_batch:
+                self.next_fetch_offset = batch.next_offset
+                continue
+            start = self.next_fetch_offset
+            self._batch = dropwhile(lambda record, start=start: record.offset < start, batch)
+            self._batch_end = batch.next_offset
+            return True
         return False
 
     def __next__(self) -> FetchedRecord:
