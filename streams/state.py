@@ -102,7 +102,8 @@ class Labels:
     # "d:v" (as in fields and an attributed contact's values) -> (dimension, value)
     pairs: dict[str, tuple[str, str]] = field(init=False)
     # "d:v" -> '"<dimension>":"<value>"' (JSON), made on first use
-    _fragments: dict[str, bytes] = field(init=False, default_factory=dict)
+    _fragments: dict[str, bytes] = field(init=False, default_factory=dict, compare=False,
+                                         repr=False)
 
     def __post_init__(self) -> None:
         self.pairs = {f"{d}:0": (name, OTHER) for d, name in self.dimensions.items()}
