@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
@@ -98,16 +97,19 @@ CONTACT_REASONS = frozenset(
 )
 
 
-@dataclass(slots=True)
-class OrderEvent:
+class OrderEvent(msgspec.Struct, gc=False):
+    """A valid order (a Struct: one is made per record, in C, and the garbage collector does
+    not track it)."""
+
     order_id: str
     occurred_at: float  # epoch seconds
     attributes: dict[str, str]
     event_id: str | None
 
 
-@dataclass(slots=True)
-class ContactEvent:
+class ContactEvent(msgspec.Struct, gc=False):
+    """A valid contact."""
+
     contact_id: str
     occurred_at: float  # epoch seconds
     cause: str  # lower-cased
@@ -116,8 +118,7 @@ class ContactEvent:
     event_id: str | None
 
 
-@dataclass(slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, gc=False):
     """Why a record was refused; `event_id` is the record's own, when it had a string one."""
 
     reason: str
