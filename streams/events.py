@@ -228,6 +228,7 @@ def _decode_run(values: list[bytes], now: float, decoder: msgspec.json.Decoder,
     is refused only decides how the records are cut into runs: every run gets the same answers
     as its records one by one."""
     answers: list[_Event | Rejection] = []
+    latest = now + MAX_FUTURE_SECONDS
     first = 0
     while first < len(values):
         run = values[first:first + FAST_PATH_RUN]
@@ -236,7 +237,6 @@ def _decode_run(values: list[bytes], now: float, decoder: msgspec.json.Decoder,
             fields = refused
             stamps = list(map(OCCURRED_AT, fields))
             seconds = _seconds_of(stamps)
-            latest = now + MAX_FUTURE_SECONDS
             if seconds is None:
                 refused = next((i for i, stamp in enumerate(stamps)
                                 if _seconds_of([stamp]) is None), None)
