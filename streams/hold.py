@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from itertools import compress
 
-from streams.events import ContactEvent
+import numpy as np
+
+from streams.events import OCCURRED_AT, ContactEvent
 
 # A partition: (topic, partition), which Faust's TP equals.
 Partition = tuple[str, int]
@@ -31,11 +33,40 @@ Partition = tuple[str, int]
 MAX_HOLD_SECONDS = 10.0
 
 
-@dataclass(slots=True)
-class Held:
-    offset: int
-    contact: ContactEvent
-    fetched: float  # wall clock, epoch seconds: the join grace runs from here
+class HeldContacts:
+    """One contacts partition's held contacts, in offset order. Their event and fetch times are
+    also kept as arrays: every batch checks all of them (a backfill holds tens of thousands),
+    and one comparison per array does that in C."""
+
+    __slots__ = ("offsets", "contacts", "fetched", "times")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.contacts: list[ContactEvent] = []
+        self.fetched = np.empty(0)  # wall clock, epoch seconds: the join grace runs from here
+        self.times = np.empty(0)  # event times
+
+    def add(self, offsets: list[int], contacts: list[ContactEvent], fetched: float) -> None:
+        self.offsets += offsets
+        self.contacts += contacts
+        self.fetched = np.concatenate((self.fetched, np.full(len(contacts), fetched)))
+        self.times = np.concatenate((self.times, np.fromiter(
+            map(OCCURRED_AT, contacts), float, len(contacts))))
+
+    def take(self, indexes: np.ndarray) -> tuple[list[ContactEvent], list[float]]:
+        """Remove the contacts at `indexes` (ascending); returns them and their fetch times."""
+        positions = indexes.tolist()
+        taken = [self.contacts[i] for i in positions], self.fetched[indexes].tolist()
+        kept = np.ones(len(self.contacts), dtype=bool)
+        kept[indexes] = False
+        keep = kept.tolist()
+        self.offsets = list(compress(self.offsets, keep))
+        self.contacts = list(compress(self.contacts, keep))
+        self.fetched, self.times = self.fetched[kept], self.times[kept]
+        return taken
+
+    def __len__(self) -> int:
+        return len(self.contacts)
 
 
 class ContactHold:
@@ -48,7 +79,7 @@ class ContactHold:
         self.max_hold_seconds = max_hold_seconds
         self.order_times: dict[Partition, float] = {}  # latest event time read per partition
         self.next_offsets: dict[Partition, int] = {}  # offset after the last one read
-        self.held: dict[Partition, list[Held]] = {}  # contacts partition -> held, by offset
+        self.held: dict[Partition, HeldContacts] = {}  # contacts partition -> its held
         self._committed: dict[Partition, int] = {}  # offsets last given by `commit_offsets`
         self.held_total = 0  # contacts held so far (each once)
         self.due_left = False  # the last batch left contacts that were due: fetch no wait
@@ -75,30 +106,31 @@ class ContactHold:
         stays a batch: a backfill can hold tens of thousands at once). A contact is held if it
         has an order_id and its event time is past the watermark."""
         contacts: list[ContactEvent] = []
-        fetched_at: list[float] = []
+        held: dict[Partition, tuple[list[int], list[ContactEvent]]] = {}
         for partition, offset, contact in fetched:
             if contact.occurred_at > watermark and contact.order_id:
-                self.held.setdefault(partition, []).append(Held(offset, contact, now))
-                self.held_total += 1
+                offsets, events = held.setdefault(partition, ([], []))
+                offsets.append(offset)
+                events.append(contact)
             else:
                 contacts.append(contact)
-                fetched_at.append(now)
+        fetched_at = [now] * len(contacts)
+        for partition, (offsets, events) in held.items():
+            self.held.setdefault(partition, HeldContacts()).add(offsets, events, now)
+            self.held_total += len(events)
         self.due_left = False
-        for partition, held in list(self.held.items()):
-            kept = []
-            for item in held:
-                if (item.contact.occurred_at > watermark
-                        and now - item.fetched < self.max_hold_seconds):
-                    kept.append(item)
-                elif len(contacts) < self.release_limit:
-                    contacts.append(item.contact)
-                    fetched_at.append(item.fetched)
-                else:
-                    kept.append(item)
-                    self.due_left = True
-            if kept:
-                self.held[partition] = kept
-            else:
+        for partition, run in list(self.held.items()):
+            due = np.flatnonzero((run.times <= watermark)
+                                 | (now - run.fetched >= self.max_hold_seconds))
+            room = max(self.release_limit - len(contacts), 0)
+            if len(due) > room:
+                due = due[:room]
+                self.due_left = True
+            if len(due):
+                released, released_at = run.take(due)
+                contacts += released
+                fetched_at += released_at
+            if not run:
                 del self.held[partition]
         return contacts, fetched_at
 
@@ -108,7 +140,7 @@ class ContactHold:
         offsets: dict[Partition, int] = {}
         for partition in {*self.next_offsets, *self.held}:
             held = self.held.get(partition)
-            offset = held[0].offset if held else self.next_offsets.get(partition)
+            offset = held.offsets[0] if held else self.next_offsets.get(partition)
             if offset is not None and offset != self._committed.get(partition):
                 offsets[partition] = self._committed[partition] = offset
         return offsets

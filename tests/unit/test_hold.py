@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from streams.events import ContactEvent
 from streams.hold import ContactHold
 
@@ -90,3 +93,68 @@ def test_revoked_partitions_are_forgotten() -> None:
     hold.forget([C0, ORDERS[0]])
     assert hold.count() == 0 and hold.commit_offsets() == {}
     assert hold.watermark({ORDERS[0]: 1000}) == -math.inf
+
+
+class ReferenceHold:
+    """`pass_on` and `commit_offsets` written as the plain rules, one contact at a time."""
+
+    def __init__(self, release_limit: int, max_hold_seconds: float) -> None:
+        self.release_limit = release_limit
+        self.max_hold_seconds = max_hold_seconds
+        self.held: dict = {}  # partition -> [(offset, contact, fetched)]
+
+    def pass_on(self, fetched: list, watermark: float, now: float) -> tuple[list, list, bool]:
+        out, out_at, due_left = [], [], False
+        for partition, offset, event in fetched:
+            if event.occurred_at > watermark and event.order_id:
+                self.held.setdefault(partition, []).append((offset, event, now))
+            else:
+                out.append(event)
+                out_at.append(now)
+        for partition, held in list(self.held.items()):
+            kept = []
+            for offset, event, at in held:
+                if event.occurred_at > watermark and now - at < self.max_hold_seconds:
+                    kept.append((offset, event, at))
+                elif len(out) < self.release_limit:
+                    out.append(event)
+                    out_at.append(at)
+                else:
+                    kept.append((offset, event, at))
+                    due_left = True
+            if kept:
+                self.held[partition] = kept
+            else:
+                del self.held[partition]
+        return out, out_at, due_left
+
+
+@given(st.lists(st.tuples(
+    st.lists(st.tuples(st.sampled_from([C0, C1, ("contacts", 2)]),
+                       st.integers(0, 50), st.booleans()), max_size=12),
+    st.sampled_from([-math.inf, 0.0, 10.0, 25.0, 40.0, math.inf]),
+    st.integers(0, 4)), max_size=8),
+    st.integers(1, 12))
+def test_pass_on_releases_exactly_what_the_plain_rules_release(
+        batches: list, release_limit: int) -> None:
+    """Random batches (partition, event time, has an order) against the rules one contact at a
+    time: the same contacts out, in the same order, with the same fetch times, the same ones
+    left held, and the same first held offset per partition."""
+    hold = ContactHold(behind_records=100, release_limit=release_limit, max_hold_seconds=3.0)
+    reference = ReferenceHold(release_limit, max_hold_seconds=3.0)
+    offsets: dict = {}
+    now = 1000.0
+    for n, (records, watermark, seconds_later) in enumerate(batches):
+        now += seconds_later
+        fetched = []
+        for i, (partition, t, has_order) in enumerate(records):
+            offsets[partition] = offsets.get(partition, -1) + 1
+            fetched.append((partition, offsets[partition],
+                            contact(f"b{n}r{i}", float(t), "o" if has_order else None)))
+        out, out_at = hold.pass_on(fetched, watermark, now)
+        expected, expected_at, due_left = reference.pass_on(fetched, watermark, now)
+        assert (ids(out), out_at, hold.due_left) == (ids(expected), expected_at, due_left)
+        assert hold.count() == sum(map(len, reference.held.values()))
+        assert hold.holding() == set(reference.held)
+        assert {p: run.offsets[0] for p, run in hold.held.items()} == {
+            p: held[0][0] for p, held in reference.held.items()}
