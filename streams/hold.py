@@ -38,7 +38,7 @@ class HeldContacts:
     also kept as arrays: every batch checks all of them (a backfill holds tens of thousands),
     and one comparison per array does that in C."""
 
-    __slots__ = ("offsets", "contacts", "fetched", "times")
+    __slots__ = ("contacts", "fetched", "offsets", "times")
 
     def __init__(self) -> None:
         self.offsets: list[int] = []

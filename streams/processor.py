@@ -238,7 +238,7 @@ class BatchProcessor:
         (records not read yet per assigned orders partition) tells it whether the orders are
         behind. Without `lags` nothing is held."""
         now, started = time.time(), time.perf_counter()
-        orders: list[OrderEvent] = []
+        orders = self.state.unique_orders()
         contacts: list[tuple[Partition, int, ContactEvent]] = []
         rejected: list[tuple[Record, Rejection]] = []
         latest: dict[int, float] = {}  # orders partition -> latest event time in this batch
@@ -254,7 +254,7 @@ class BatchProcessor:
                 decoded = decode_orders(values, now)
                 kept = [event for event in decoded if type(event) is OrderEvent]
                 if kept:
-                    orders += kept
+                    orders.add(kept)
                     latest[partition] = max(latest.get(partition, -math.inf),
                                             max(map(OCCURRED_AT, kept)))
             else:

@@ -195,6 +195,30 @@ def test_reset_registries_are_registered_again(settings: Settings) -> None:
     assert bucket(settings, COARSE_SECONDS, NOW - 60) == {"o": 1, "o:1:1": 1}
 
 
+def test_a_batch_prepared_before_the_registries_were_reset_is_encoded_again(
+        settings: Settings) -> None:
+    """Batches are prepared (their values turned into registry ids) while earlier ones run. A
+    batch prepared before the registries were reset must not be counted under the old ids,
+    whichever batch met the reset first."""
+    async def go():
+        state = RedisState(connect(settings), settings)
+        try:
+            await state.apply_batch([order("o1", carrier="acme"), order("o2", carrier="bolt")],
+                                    [], NOW)  # acme 1, bolt 2
+            first = state.prepare(state.unique_orders([order("o3", carrier="bolt")]), [], NOW)
+            second = state.prepare(state.unique_orders([order("o4", carrier="acme")]), [], NOW)
+            await state.client.flushdb()
+            await state.apply(first)  # meets the reset: bolt is 1 now, acme 2
+            result = await state.apply(second)
+            return result, await state.labels(result)
+        finally:
+            await state.client.aclose()
+    result, labels = asyncio.run(go())
+    assert labels.values == {(1, 1): "bolt", (1, 2): "acme"}
+    assert result.totals == {"o": 1, "o:1:2": 1}
+    assert bucket(settings, COARSE_SECONDS, NOW - 60) == {"o": 2, "o:1:1": 1, "o:1:2": 1}
+
+
 def test_identities_are_forgotten_after_their_retention(settings: Settings) -> None:
     swept_at = NOW + settings.order_retention + SWEEP_SECONDS + 1
     run(settings, ("apply_batch", [order("old")], [contact("k-old", "late", None)], NOW),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.state import Registry
+from streams.events import OrderEvent
+from streams.state import Registry, UniqueOrders
 from streams.tally import ABSENT, OrderTally
 
 DIMENSIONS = ("carrier", "region", "seller")
@@ -62,3 +63,29 @@ def test_one_dimension() -> None:
     orders = [{"carrier": "ups"}, {"carrier": ""}, {}]
     assert known.columns_of(orders) == [[2, ABSENT, ABSENT]]
     assert known.texts_of(known.columns_of(orders)) == [",3:2", "", ""]
+
+
+@pytest.mark.parametrize("runs", [
+    [[0, 1], [2, 3]],  # no order_id twice: each run is taken whole
+    [[0, 1, 0], [2]],  # twice in one run
+    [[3, 0, 1, 0, 2, 1, 1], [2, 4, 0]],  # several times, within and across runs
+    [[0, 1], [1, 2], [4]],  # again in a later run, and an unknown value
+    [[], [3, 3, 3]],
+], ids=["distinct", "within a run", "across runs", "both", "empty run"])
+def test_unique_orders_keep_each_first_order_and_its_ids(runs: list[list[int]]) -> None:
+    """Orders added run by run: the first order of each order_id, with other attributes in
+    each later occurrence, and the value ids the registry gives those first orders."""
+    known = registry()
+    unique = UniqueOrders(known)
+    added = []
+    for n, run in enumerate(runs):
+        orders = [OrderEvent(f"o{i}", 0.0, {**ORDERS[i], "run": str(n)}, None) for i in run]
+        unique.add(orders)
+        added += orders
+    first = {}
+    for order in added:
+        first.setdefault(order.order_id, order)
+    assert list(map(id, unique.first.values())) == list(map(id, first.values()))
+    assert unique.duplicates == len(added) - len(first)
+    assert unique.columns() == known.columns_of([o.attributes for o in first.values()])
+    assert UniqueOrders(None).columns() is None

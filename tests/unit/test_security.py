@@ -133,7 +133,7 @@ def test_customer_ids_are_dropped_before_redis(tmp_path: Path) -> None:
         b'"order_id": "o-1", "customer_id": "' + CUSTOMER.encode() + b'"}', 1.8e9)
     assert CUSTOMER not in repr(contact) and order.attributes["customer"] == CUSTOMER
     state = RedisState(connect(settings), settings)
-    batch = state.prepare([order], [contact], 1.8e9)
+    batch = state.prepare(state.unique_orders([order]), [contact], 1.8e9)
     registering = state.register_args(batch.orders, None)
     text = " ".join(arg.decode() if isinstance(arg, bytes) else str(arg)
                     for arg in [*registering, batch.contacts_arg])
