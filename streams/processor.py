@@ -54,9 +54,11 @@ DECODE_CHUNK = 500
 
 
 class Record(Protocol):
-    topic: str
-    partition: int
+    """A fetched record as the processor reads it (aiokafka's record batches' own records);
+    its partition comes with it."""
+
     offset: int
+    key: bytes | None
     value: bytes | None
 
 
@@ -142,7 +144,7 @@ class Prepared:
     now: float
     started: float
     script_batch: ScriptBatch
-    rejected: list[tuple[Record, Rejection]]
+    rejected: list[tuple[Partition, Record, Rejection]]
 
 
 def utc_texts(times: list[float]) -> list[str]:
@@ -240,7 +242,7 @@ class BatchProcessor:
         now, started = time.time(), time.perf_counter()
         orders = self.state.unique_orders()
         contacts: list[tuple[Partition, int, ContactEvent]] = []
-        rejected: list[tuple[Record, Rejection]] = []
+        rejected: list[tuple[Partition, Record, Rejection]] = []
         latest: dict[int, float] = {}  # orders partition -> latest event time in this batch
         orders_topic = self.topics[0]
         runs = [(partition, records[first:first + DECODE_CHUNK])
@@ -263,7 +265,7 @@ class BatchProcessor:
                         for record, event in zip(run, decoded) if type(event) is ContactEvent]
                 contacts += kept
             if len(kept) < len(run):
-                rejected += [(record, event) for record, event in zip(run, decoded)
+                rejected += [(source, record, event) for record, event in zip(run, decoded)
                              if type(event) is Rejection]
         hold = self.hold
         for partition, time_read in latest.items():
@@ -286,8 +288,8 @@ class BatchProcessor:
         batch, rejected = prepared.script_batch, prepared.rejected
         self.metrics.observe_lag(self.topics, batch.orders, batch.contacts, batch.now)
         await self.emit(result)
-        for record, rejection in rejected:
-            self.metrics.rejected.labels(record.topic, rejection.reason).inc()
+        for (topic, _), _, rejection in rejected:
+            self.metrics.rejected.labels(topic, rejection.reason).inc()
         if rejected:
             dlq_records = self._rejection_records(rejected)
             await self.kafka_call(lambda: self.send_many(self.settings.topic_dlq, dlq_records),
@@ -355,19 +357,20 @@ class BatchProcessor:
         return records
 
     @staticmethod
-    def _rejection_records(rejected: list[tuple[Record, Rejection]]) -> list[OutputRecord]:
+    def _rejection_records(
+            rejected: list[tuple[Partition, Record, Rejection]]) -> list[OutputRecord]:
         """The rejected records as they came, with the reason and origin in headers."""
         records: list[OutputRecord] = []
-        for record, rejection in rejected:
+        for (topic, partition), record, rejection in rejected:
             headers = [
                 ("cpo-error-reason", rejection.reason.encode()),
-                ("cpo-source-topic", record.topic.encode()),
-                ("cpo-source-partition", str(record.partition).encode()),
+                ("cpo-source-topic", topic.encode()),
+                ("cpo-source-partition", str(partition).encode()),
                 ("cpo-source-offset", str(record.offset).encode()),
             ]
             if rejection.event_id:
                 headers.append(("cpo-event-id", rejection.event_id.encode()))
-            key, value = getattr(record, "key", None), record.value or b""
+            key, value = record.key, record.value or b""
             if len(key or b"") + len(value) > MAX_DLQ_RECORD_BYTES:
                 headers.append(("cpo-original-size", str(len(value)).encode()))
                 key, value = None, value[:MAX_DLQ_RECORD_BYTES]

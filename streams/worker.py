@@ -22,7 +22,6 @@ from typing import Any
 
 import aiokafka
 import faust
-import msgspec
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.errors import CorruptRecordException as KafkaCorruptRecord
 from aiokafka.errors import KafkaError
@@ -57,22 +56,12 @@ MAX_BATCHES_COUNTING = 2
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
-class FetchedRecord(msgspec.Struct, gc=False):
-    """What the pipeline reads of a fetched record: where it is, its value, and its key for
-    the DLQ."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
-    """aiokafka's records of a fetched partition, made as many at a time as asked for, as
-    `FetchedRecord`s (built in C) instead of one `ConsumerRecord` (a Python dataclass of 11
-    fields) per record through a generator. It runs in Faust's consumer thread while the main
-    thread waits for the fetch, and that thread holds the GIL the main thread needs.
+    """aiokafka's records of a fetched partition, handed out as many at a time as asked for:
+    the record batches' own records (aiokafka's C `DefaultRecord`: offset, key, value), sliced
+    off, instead of one `ConsumerRecord` (a Python dataclass of 11 fields) per record through a
+    generator. It runs in Faust's consumer thread, which holds the GIL the main thread needs:
+    a record made anew cost that thread 0.1 µs more (bench/README, session 10).
     The worker's consumer has no deserializers (Faust deserializes, and here nobody does) and
     reads uncommitted, so no transaction markers are to be applied; control batches are
     skipped, as aiokafka does."""
@@ -89,17 +78,15 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
         self._batch: Iterator[Any] | None = None  # the current record batch's records left
         self._batch_end = fetch_offset  # the offset after the current record batch
 
-    def take(self, limit: int | None) -> list[FetchedRecord]:
-        """The next records, up to `limit` (None: all), made a list comprehension per record
-        batch; the rest of a batch stays in its buffer. `next_fetch_offset` follows them."""
-        topic, partition = self._tp
-        taken: list[FetchedRecord] = []
+    def take(self, limit: int | None) -> list[Any]:
+        """The next records, up to `limit` (None: all), one slice per record batch; the rest of
+        a batch stays in its buffer. `next_fetch_offset` follows them."""
+        taken: list[Any] = []
         while limit is None or len(taken) < limit:
             if self._batch is None and not self._next_batch():
                 break
             wanted = None if limit is None else limit - len(taken)
-            records = [FetchedRecord(topic, partition, r.offset, r.key, r.value)
-                       for r in islice(self._batch, wanted)]  # type: ignore[arg-type]
+            records = list(islice(self._batch, wanted))  # type: ignore[arg-type]
             taken += records
             if wanted is None or len(records) < wanted:  # the batch is done
                 self._batch = None
@@ -125,7 +112,7 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
             return True
         return False
 
-    def __next__(self) -> FetchedRecord:
+    def __next__(self) -> Any:
         taken = self.take(1)
         if not taken:
             raise StopIteration
@@ -136,7 +123,7 @@ class LightFetchResult(aiokafka_fetcher.FetchResult):
     """aiokafka's fetched partition, handing its records out by `LightPartitionRecords.take`
     rather than one iteration step each."""
 
-    def getall(self, max_records: int | None = None) -> list[FetchedRecord]:
+    def getall(self, max_records: int | None = None) -> list[Any]:
         if not self.check_assignment(self._topic_partition) or not self.has_more():
             return []
         records = self._partition_records.take(max_records)
@@ -147,8 +134,8 @@ class LightFetchResult(aiokafka_fetcher.FetchResult):
 
 
 def use_light_records() -> None:
-    """Make this process's aiokafka consumers hand out `FetchedRecord`s (the worker's only
-    consumer is Faust's, whose records only `BatchConsumer` reads)."""
+    """Make this process's aiokafka consumers hand out their record batches' own records (the
+    worker's only consumer is Faust's, whose records only `BatchConsumer` reads)."""
     aiokafka_fetcher.PartitionRecords = LightPartitionRecords
     aiokafka_fetcher.FetchResult = LightFetchResult
 
