@@ -166,7 +166,7 @@ SETTINGS: dict[str, Setting] = {
                                  "forgotten within the hour)"),
     "rca_pairs": Setting("CPO_RCA_PAIRS", "on", _switch,
                          "count pairs of attribute values for root-cause drill-down"),
-    "batch_size": Setting("CPO_BATCH_SIZE", "10000", _positive_int,
+    "batch_size": Setting("CPO_BATCH_SIZE", "20000", _positive_int,
                           "records a worker processes per batch (one Redis round trip each)"),
     "data_dir": Setting("CPO_DATA_DIR", "/tmp/cpo-data", _text,
                         "Faust's working folder (holds nothing the pipeline needs to keep)"),
