@@ -278,15 +278,19 @@ class BatchProcessor:
                         rejected)
 
     async def count(self, prepared: Prepared) -> BatchResult:
-        """Count one decoded batch in Redis (the batch's one script call)."""
+        """Count one decoded batch in Redis (the batch's one script call), observe its events'
+        lag, then let its events and arguments go: the batch may wait a while for its output
+        (worker.MAX_BATCHES_OUTPUTTING), and only the script needed them."""
         batch = prepared.script_batch
-        return await self.redis_call(lambda: self.state.apply(batch), "apply batch")
+        result = await self.redis_call(lambda: self.state.apply(batch), "apply batch")
+        self.metrics.observe_lag(self.topics, batch.orders, batch.contacts, batch.now)
+        batch.release()
+        return result
 
     async def output(self, prepared: Prepared, result: BatchResult) -> None:
         """The counted batch's metrics, output and DLQ records; returns once Kafka has them,
         so the caller may commit the batch's offsets."""
-        batch, rejected = prepared.script_batch, prepared.rejected
-        self.metrics.observe_lag(self.topics, batch.orders, batch.contacts, batch.now)
+        rejected = prepared.rejected
         await self.emit(result)
         for (topic, _), _, rejection in rejected:
             self.metrics.rejected.labels(topic, rejection.reason).inc()

@@ -241,6 +241,12 @@ class ScriptBatch:
     tally: Tally | None = None
     encoded_with: Registry | None = None  # the registry cache whose ids orders_arg holds
 
+    def release(self) -> None:
+        """Drop the events and arguments once the script has counted the batch (20,000
+        records' events and arguments are about 20 MB)."""
+        self.orders, self.contacts = [], []
+        self.contacts_arg, self.orders_arg, self.tally = b"", None, None
+
 
 class RedisState:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:

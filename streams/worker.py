@@ -206,6 +206,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     hold.read((tp.topic, tp.partition), tp_records[-1].offset + 1)
                 assigned = self.assignment()
                 prepared = await processor.prepare(fetched, self._orders_lags(assigned, hold))
+                del records, fetched  # decoded: keep no fetched record over the next fetch
                 offsets = {TP(*partition): offset
                            for partition, offset in hold.commit_offsets().items()}
                 self._pause_held(assigned, hold, paused)
