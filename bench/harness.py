@@ -2,7 +2,8 @@
 
 1. Generate a realistic mix with the simulator (orders, contacts, duplicates, malformed
    records; event time within the last hour) and preload it with aiokafka's batch API.
-2. Baseline: the bare consumer of `bench.baseline` reads every preloaded record.
+2. Baseline: the bare consumer of `bench.baseline` reads every preloaded record, right before
+   each pipeline phase (each phase's ratio is taken against the run just before it).
 3. `cpo worker` x2 with the exporter, fresh consumer group and Redis DB: timed from the first
    count in Redis to the last count visible in the exporter (the expected totals are the
    distinct valid orders and contacts), so worker start-up and Tansu's JoinGroup stall are
@@ -749,12 +750,16 @@ def run(options: Options, command: str) -> dict[str, Any]:
         del records
         gc.collect()  # the preload's objects would slow the baseline's collections
 
-        say("baseline: bare aiokafka consumer group + orjson.loads")
-        progress = Progress("baseline", data.records)
-        baseline: BaselineResult = asyncio.run(
-            consume(setup, f"cpo-bench-{bench.suffix}-baseline", data.records, progress))
-        progress.finish(f"{baseline.records:,} records read "
-                        f"({baseline.records / baseline.seconds:,.0f}/s after start-up)")
+        def bare_consumer(before: str) -> BaselineResult:
+            """The baseline, run right before a pipeline phase: the machine's speed drifts
+            (noisy neighbours), and a ratio is only as good as the two rates are close in time."""
+            say(f"baseline before {before}: bare aiokafka consumer group + orjson.loads")
+            progress = Progress("baseline", data.records)
+            baseline: BaselineResult = asyncio.run(consume(
+                setup, f"cpo-bench-{bench.suffix}-baseline-{before}", data.records, progress))
+            progress.finish(f"{baseline.records:,} records read "
+                            f"({baseline.records / baseline.seconds:,.0f}/s after start-up)")
+            return baseline
 
         def latency_phase(settings: Settings, workers: list[Child], exporter: Child) -> Any:
             if options.latency_seconds <= 0:
@@ -764,11 +769,13 @@ def run(options: Options, command: str) -> dict[str, Any]:
                                    options.seed)
 
         # Two workers first: the latency phase adds records to the topics.
+        baselines = {2: bare_consumer("2 workers")}
         two, _ = run_pipeline(bench, data, 2, REDIS_DB_TWO_WORKERS)
         bench.redis(REDIS_DB_TWO_WORKERS).flushdb()
         memory_client = bench.redis(REDIS_DB_ONE_WORKER)
         memory_client.flushdb()
         empty_used = used_memory(memory_client)
+        baselines[1] = bare_consumer("1 worker")
         one, latency = run_pipeline(bench, data, 1, REDIS_DB_ONE_WORKER, latency_phase)
         memory = redis_memory(memory_client, empty_used)
         memory_client.flushdb()
@@ -780,5 +787,6 @@ def run(options: Options, command: str) -> dict[str, Any]:
         "events": options.events, "partitions": options.partitions, "seed": options.seed,
         "latency_rate": options.latency_rate, "latency_seconds": options.latency_seconds},
         "settings": settings_used, "git": git, "log_dir": str(log_dir)}
-    return assemble(run=run_info, machine=machine, data=data, baseline=baseline,
-                    pipelines=[one, two], latency=latency, redis_memory=memory)
+    return assemble(run=run_info, machine=machine, data=data, baseline=baselines[2],
+                    pipelines=[one, two], latency=latency, redis_memory=memory,
+                    baselines=baselines)

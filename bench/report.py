@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_ID = "cpo-bench/1"
+SCHEMA_ID = "cpo-bench/2"  # 2: each pipeline phase has its own baseline run
 
 # Issue 6's targets. The ratio targets compare rates measured in the same run.
 TARGET_RATIO = 0.30  # one worker / bare consumer
@@ -138,14 +138,20 @@ def exporter_totals(samples: dict, window: str) -> tuple[int, int] | None:
     return int(orders), int(contacts)
 
 
-def _pipeline_json(result: PipelineResult, baseline_rate: float | None) -> dict[str, Any]:
+def _baseline_json(baseline: BaselineResult) -> dict[str, Any]:
+    return {**asdict(baseline), "records_per_second": rate(baseline.records, baseline.seconds)}
+
+
+def _pipeline_json(result: PipelineResult, baseline: BaselineResult) -> dict[str, Any]:
     records_per_second = rate(result.records, result.seconds)
+    baseline_json = _baseline_json(baseline)
     return {
         **asdict(result),
+        "baseline": baseline_json,
         "timeline": [list(point) for point in result.timeline],
         "records_per_second": records_per_second,
         "redis_records_per_second": rate(result.records, result.redis_seconds),
-        "ratio_to_baseline": ratio(records_per_second, baseline_rate),
+        "ratio_to_baseline": ratio(records_per_second, baseline_json["records_per_second"]),
         "cpu_us_per_record": (result.cpu_seconds / result.records * 1e6
                               if result.records else None),
         # Cores the workers, Redis and the embedded broker kept busy over the timed window: on
@@ -238,10 +244,13 @@ def targets(document: dict[str, Any]) -> dict[str, Any]:
 
 def assemble(*, run: dict[str, Any], machine: dict[str, Any], data: DataSummary,
              baseline: BaselineResult, pipelines: list[PipelineResult],
-             latency: LatencyResult | None, redis_memory: RedisMemory | None) -> dict[str, Any]:
-    """The JSON document of one run (see RESULT_SCHEMA)."""
-    baseline_rate = rate(baseline.records, baseline.seconds)
-    pipeline = [_pipeline_json(p, baseline_rate) for p in pipelines]
+             latency: LatencyResult | None, redis_memory: RedisMemory | None,
+             baselines: dict[int, BaselineResult] | None = None) -> dict[str, Any]:
+    """The JSON document of one run (see RESULT_SCHEMA). `baseline` is the bare consumer's
+    first run; `baselines`, by number of workers, the one run right before that pipeline
+    phase, which its ratio is taken against (`baseline` where none is given)."""
+    pipeline = [_pipeline_json(p, (baselines or {}).get(p.workers, baseline))
+                for p in pipelines]
     by_workers = {p["workers"]: p for p in pipeline}
     scaling = ratio(by_workers.get(2, {}).get("records_per_second"),
                     by_workers.get(1, {}).get("records_per_second"))
@@ -251,7 +260,7 @@ def assemble(*, run: dict[str, Any], machine: dict[str, Any], data: DataSummary,
         "machine": machine,
         "data": {**asdict(data), "preload_records_per_second":
                  rate(data.records, data.preload_seconds)},
-        "baseline": {**asdict(baseline), "records_per_second": baseline_rate},
+        "baseline": _baseline_json(baseline),
         "pipeline": pipeline,
         "scaling_2w_over_1w": scaling,
         "latency": _latency_json(latency) if latency else None,
@@ -276,6 +285,9 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": list(properties), "properties": properties}
 
 
+_BASELINE = _object({"records": _COUNT, "seconds": _NUMBER, "startup_seconds": _NUMBER,
+                     "records_per_second": _MAYBE_NUMBER})
+
 RESULT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "cpo benchmark result",
@@ -288,10 +300,10 @@ RESULT_SCHEMA: dict[str, Any] = {
         "data": _object({"records": _COUNT, "distinct_orders": _COUNT,
                          "distinct_contacts": _COUNT, "malformed": _COUNT,
                          "preload_records_per_second": _MAYBE_NUMBER}),
-        "baseline": _object({"records": _COUNT, "seconds": _NUMBER,
-                             "startup_seconds": _NUMBER, "records_per_second": _MAYBE_NUMBER}),
+        "baseline": _BASELINE,
         "pipeline": {"type": "array", "items": _object({
-            "workers": {"type": "integer", "minimum": 1}, "records": _COUNT, "seconds": _NUMBER,
+            "workers": {"type": "integer", "minimum": 1}, "baseline": _BASELINE,
+            "records": _COUNT, "seconds": _NUMBER,
             "redis_seconds": _NUMBER, "startup_seconds": _NUMBER, "cpu_seconds": _NUMBER,
             "peak_rss_bytes": {"type": "array", "items": _COUNT},
             "timeline": {"type": "array", "items": {
@@ -341,13 +353,16 @@ def _per_record(seconds: float | None, records: int) -> float | None:
 
 def table(document: dict[str, Any]) -> str:
     """The run as aligned lines for a terminal or a README."""
-    baseline = document["baseline"]
     header = ("phase", "records/s", "vs bare", "start-up", "CPU us/record: worker/redis/broker",
               "cores busy", "peak RSS MiB")
-    rows = [("bare aiokafka + orjson", _fmt(baseline["records_per_second"], ",.0f"), "1.00",
-             _fmt(baseline["startup_seconds"], ".1f", " s"),
-             _fmt(_per_record(baseline["cpu_seconds"], baseline["records"]), ".1f"), "", "")]
+    rows = []
     for p in document["pipeline"]:
+        baseline = p["baseline"]
+        rows.append((f"bare aiokafka + orjson, before x{p['workers']}",
+                     _fmt(baseline["records_per_second"], ",.0f"), "1.00",
+                     _fmt(baseline["startup_seconds"], ".1f", " s"),
+                     _fmt(_per_record(baseline["cpu_seconds"], baseline["records"]), ".1f"),
+                     "", ""))
         cpu = "/".join(_fmt(_per_record(p[name], p["records"]), ".1f") for name in (
             "cpu_seconds", "redis_cpu_seconds", "broker_cpu_seconds"))
         rows.append((f"cpo worker x{p['workers']}", _fmt(p["records_per_second"], ",.0f"),
