@@ -267,6 +267,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         raise SettingsError(
             f"CPO_METRICS_PORT={values['metrics_port']}: equals CPO_EXPORTER_PORT; give each its own port"
         )
+    if values["join_grace"] > values["contact_retention"]:
+        # a waiting contact whose identity is swept would be counted again when redelivered
+        raise SettingsError(
+            f"CPO_JOIN_GRACE={raw_by_name['join_grace']!r}: longer than CPO_CONTACT_RETENTION="
+            f"{raw_by_name['contact_retention']!r}; shorten the grace or keep contacts longer")
     if values["kafka_security_protocol"].startswith("SASL") and not values["kafka_sasl_username"]:
         raise SettingsError(
             "CPO_KAFKA_SASL_USERNAME='': required when CPO_KAFKA_SECURITY_PROTOCOL is SASL_*"

@@ -59,6 +59,7 @@ def test_defaults_match_the_contract() -> None:
         ("CPO_WINDOWS", "5m,1h,5m"),
         ("CPO_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),  # without CPO_KAFKA_SASL_USERNAME
         ("CPO_METRICS_PORT", "9109"),  # equals CPO_EXPORTER_PORT
+        ("CPO_JOIN_GRACE", "8d"),  # longer than CPO_CONTACT_RETENTION (7d)
     ],
 )
 def test_an_invalid_value_is_one_line_starting_with_its_variable(env: str, value: str) -> None:
@@ -68,6 +69,14 @@ def test_an_invalid_value_is_one_line_starting_with_its_variable(env: str, value
     assert "\n" not in message
     variable = "CPO_KAFKA_SASL_USERNAME" if env == "CPO_KAFKA_SECURITY_PROTOCOL" else env
     assert message.startswith(variable + "=")
+
+
+def test_a_join_grace_longer_than_the_contact_retention_is_refused() -> None:
+    """A contact waiting longer than its identity is kept could be counted twice when it is
+    redelivered after its identity was swept: the settings must not allow it."""
+    with pytest.raises(SettingsError, match="CPO_CONTACT_RETENTION"):
+        load_settings({"CPO_JOIN_GRACE": "2h", "CPO_CONTACT_RETENTION": "1h"})
+    assert load_settings({"CPO_JOIN_GRACE": "1h", "CPO_CONTACT_RETENTION": "1h"}).join_grace == 3600
 
 
 def test_a_secret_is_never_echoed() -> None:
