@@ -1,9 +1,9 @@
 """`cpo exporter`: one global, event-time view of the defect rates, for Prometheus.
 
-A refresh loop reads every window's buckets from Redis (one pipelined round trip) every
-`--refresh` seconds and keeps the result; `/metrics` serves the last result without touching
-Redis, so any number of scrapers cost Redis nothing. Several workers write the buckets at once;
-each bucket is read atomically, and the rates are exact over the buckets read.
+A refresh loop reads every window's buckets and the label registries from Redis as one
+snapshot (MULTI/EXEC) every `--refresh` seconds and keeps the result; `/metrics` serves the last
+result without touching Redis, so any number of scrapers cost Redis nothing. Several workers
+write the buckets at once; the rates are exact over the snapshot.
 
 Root causes (streams/rca.py, streams/rca_inputs.py): a second loop analyses, every
 `--rca-every` seconds, each window of each cause whose rate rose (z >= RISE_Z against its
@@ -237,17 +237,22 @@ async def rca_loop(root_causes: RootCauses, state: ExporterState, interval: floa
 
 
 async def refresh_loop(settings: Settings, state: ExporterState, interval: float) -> None:
+    """Read the windows every `interval` seconds. A failed read (Redis, or a bug: the rates
+    must go on being served) is logged once per episode, counted, reported by /readyz and
+    retried; counts the registries do not name are left out and logged."""
     client = connect(settings)
     windows = settings.window_seconds()
+    unnamed_before = 0
     while True:
         started = time.perf_counter()
         try:
             state.windows = await read_windows(client, time.time(), windows)
-        except (RedisError, OSError) as exc:  # reported by /readyz and a counter, then retried
+        except Exception as exc:
             state.redis_errors += 1
             if state.fault is None or state.fault == "no snapshot yet":
                 log.warning("reading Redis failed (%s: %s); retrying every %.1fs",
-                            type(exc).__name__, exc, interval)
+                            type(exc).__name__, exc, interval,
+                            exc_info=not isinstance(exc, (RedisError, OSError)))
             state.fault = f"redis: {type(exc).__name__}: {exc}"
         else:
             if state.fault and state.fault != "no snapshot yet":
@@ -255,6 +260,11 @@ async def refresh_loop(settings: Settings, state: ExporterState, interval: float
             state.fault = None
             state.refreshed_at = time.time()
             state.refresh_seconds = time.perf_counter() - started
+            unnamed = sum(counts.unnamed for counts in state.windows.values())
+            if unnamed and not unnamed_before:
+                log.warning("%d counts have ids no label registry names (Redis lost its "
+                            "registries?); they are left out of the rates", unnamed)
+            unnamed_before = unnamed
         await asyncio.sleep(interval)
 
 

@@ -34,14 +34,13 @@ from streams.buckets import (
     window_keys,
 )
 from streams.rca import Explanation, Segment, Snapshot, combine_baselines, explain
-from streams.state import read_labels
+from streams.state import read_snapshot
 from streams.windows import (
     ALL,
     PairCounts,
     WindowCounts,
     pair_counts,
     pair_keys,
-    read_hashes,
     window_counts,
 )
 
@@ -187,7 +186,7 @@ def rise_z(inputs: Inputs, cause: str) -> float:
 
 
 class InputReader:
-    """Reads the `Inputs` of the configured windows, one pipelined round trip per window."""
+    """Reads the `Inputs` of the configured windows, one snapshot (MULTI/EXEC) per window."""
 
     def __init__(self, client: aioredis.Redis, windows: dict[str, float], pairs: bool,
                  baseline_max_age: float = 60.0) -> None:
@@ -210,8 +209,7 @@ class InputReader:
         keys = current_keys + current_pairs
         if stale:
             keys += [key for singles, pairs in recent_keys for key in singles + pairs] + week_keys
-        hashes = await read_hashes(self.client, keys)
-        labels = await read_labels(self.client)
+        labels, hashes = await read_snapshot(self.client, keys)
 
         def counts(singles: list[str], pairs: list[str]) -> Counts:
             return Counts(window_counts(hashes, singles, labels),

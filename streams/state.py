@@ -113,6 +113,10 @@ class Labels:
     def cause(self, cause_id: int) -> str:
         return self.causes.get(cause_id, OTHER)
 
+    def cause_named(self, cause_id: int) -> str | None:
+        """The cause's label, or None for an id no registry here has (id 0 is `other`)."""
+        return OTHER if cause_id == 0 else self.causes.get(cause_id)
+
     def value(self, dim_id: int, value_id: int) -> str:
         return self.values.get((dim_id, value_id), OTHER)
 
@@ -506,19 +510,37 @@ def _field_pair(field_name: str) -> str:
     return ":".join(field_name.split(":")[-2:])
 
 
-async def read_labels(client: aioredis.Redis) -> Labels:
-    """Load every registry in one pipelined round trip after reading the dimension list."""
+async def read_snapshot(client: aioredis.Redis, keys: Iterable[str] = ()
+                        ) -> tuple[Labels, dict[str, dict[str, str]]]:
+    """The label registries and the hashes at `keys` (a missing key reads as empty), as of one
+    moment: one MULTI/EXEC. Read in two steps, a flush and rebuild in between named the counts
+    with another registry's ids. The dimension list is read first, to know the value
+    registries; if it changed by the time of the transaction, the read is made again."""
+    unique_keys = sorted(set(keys))
     dims = await client.hgetall("cpo:reg:dim")
+    while True:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hgetall("cpo:reg:dim")
+            pipe.hgetall("cpo:reg:cause")
+            for dim_id in dims.values():
+                pipe.hgetall(f"cpo:reg:v:{dim_id}")
+            for key in unique_keys:
+                pipe.hgetall(key)
+            replies = await pipe.execute()
+        if replies[0] == dims:
+            break
+        dims = replies[0]
     dimensions = {int(i): name for name, i in dims.items()}
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.hgetall("cpo:reg:cause")
-        for dim_id in dimensions:
-            pipe.hgetall(f"cpo:reg:v:{dim_id}")
-        replies = await pipe.execute()
-    causes = {int(i): name for name, i in replies[0].items()}
+    causes = {int(i): name for name, i in replies[1].items()}
     values = {
         (dim_id, int(i)): name
-        for dim_id, reply in zip(dimensions, replies[1:])
+        for dim_id, reply in zip(dimensions, replies[2:2 + len(dimensions)])
         for name, i in reply.items()
     }
-    return Labels(causes=causes, dimensions=dimensions, values=values)
+    hashes = dict(zip(unique_keys, replies[2 + len(dimensions):]))
+    return Labels(causes=causes, dimensions=dimensions, values=values), hashes
+
+
+async def read_labels(client: aioredis.Redis) -> Labels:
+    """The label registries, read at one moment."""
+    return (await read_snapshot(client))[0]

@@ -3,7 +3,7 @@
 `WindowCounts` is the named view of one window: orders, contacts per cause, and the joined
 counts per attribute value; `PairCounts` the same per pair of values (coarse buckets only).
 The exporter turns them into rates, the root-cause analysis into snapshots. Reading is one
-pipelined round trip for all buckets asked for; fields are summed over the buckets first and
+snapshot (MULTI/EXEC) of all buckets asked for and the label registries; fields are summed over the buckets first and
 each distinct field is parsed once.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from streams.buckets import COARSE_SECONDS, pair_bucket_key, window_bounds, window_keys
-from streams.state import Labels, read_labels
+from streams.state import Labels, read_snapshot
 
 ALL = "all"
 
@@ -33,24 +33,33 @@ class WindowCounts:
     # (cause, dimension, value) -> contacts of the cause joined to orders with that value
     attributed: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     unattributed: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # counts of fields whose ids the registries read with them do not name: left out, never
+    # counted under another name (a consistent read has none)
+    unnamed: int = 0
 
     def add_field(self, name: str, n: int, labels: Labels) -> None:
         kind, _, rest = name.partition(":")
         if kind == "o":
             if rest:
-                dim, value = (int(x) for x in rest.split(":"))
-                self.orders_by_value[(labels.dimensions[dim], labels.value(dim, value))] += n
+                pair = labels.pairs.get(rest)
+                if pair is None:
+                    self.unnamed += n
+                else:
+                    self.orders_by_value[pair] += n
             else:
                 self.orders += n
-        elif kind == "c":
-            self.contacts[labels.cause(int(rest))] += n
-        elif kind == "a":
-            cause, dim, value = (int(x) for x in rest.split(":"))
-            key = (labels.cause(cause), labels.dimensions[dim], labels.value(dim, value))
-            self.attributed[key] += n
-        elif kind == "u":
-            cause, reason = rest.split(":")
-            self.unattributed[(labels.cause(int(cause)), reason)] += n
+        elif kind in ("c", "a", "u"):
+            cause_id, _, detail = rest.partition(":")
+            cause = labels.cause_named(int(cause_id))
+            pair = labels.pairs.get(detail) if kind == "a" else None
+            if cause is None or (kind == "a" and pair is None):
+                self.unnamed += n
+            elif kind == "c":
+                self.contacts[cause] += n
+            elif kind == "a":
+                self.attributed[(cause, *pair)] += n  # type: ignore[misc]
+            else:
+                self.unattributed[(cause, detail)] += n
         elif kind == "oc":
             self.orders_contacted += n
 
@@ -72,37 +81,32 @@ class PairCounts:
     # (cause, dimension, value, dimension, value) -> contacts of the cause joined to such orders
     attributed: dict[tuple[str, str, str, str, str], int] = field(
         default_factory=lambda: defaultdict(int))
+    unnamed: int = 0  # as WindowCounts.unnamed
 
     def add_field(self, name: str, n: int, labels: Labels) -> None:
         kind, _, rest = name.partition(":")
-        ids = [int(x) for x in rest.split(":")]
-        if kind == "p":
-            self.orders[_pair(ids, labels)] += n
+        ids = rest.split(":")
+        cause = labels.cause_named(int(ids.pop(0))) if kind == "q" else None
+        pair = _pair(ids, labels)
+        if pair is None or (kind == "q" and cause is None):
+            self.unnamed += n
+        elif kind == "p":
+            self.orders[pair] += n
         elif kind == "q":
-            cause = labels.cause(ids[0])
-            self.attributed[(cause, *_pair(ids[1:], labels))] += n
+            self.attributed[(cause, *pair)] += n  # type: ignore[arg-type]
 
 
-def _pair(ids: list[int], labels: Labels) -> PairKey:
-    first, second = sorted(((ids[0], ids[1]), (ids[2], ids[3])))
-    return (labels.dimensions[first[0]], labels.value(*first),
-            labels.dimensions[second[0]], labels.value(*second))
+def _pair(ids: list[str], labels: Labels) -> PairKey | None:
+    """Two "d:v" ids as their names, in registry id order; None if either has no name."""
+    first, second = sorted(((int(ids[0]), int(ids[1])), (int(ids[2]), int(ids[3]))))
+    a, b = labels.pairs.get(f"{first[0]}:{first[1]}"), labels.pairs.get(f"{second[0]}:{second[1]}")
+    return None if a is None or b is None else (*a, *b)
 
 
 def pair_keys(now: float, window_seconds: float) -> list[str]:
     """Pair bucket keys of the window ending at `now`: the same starts as its coarse buckets."""
     start, end = window_bounds(now, window_seconds, COARSE_SECONDS)
     return [pair_bucket_key(s) for s in range(start, end, COARSE_SECONDS)]
-
-
-async def read_hashes(client: aioredis.Redis, keys: list[str]) -> dict[str, dict[str, str]]:
-    """HGETALL of every key, in one pipelined round trip; a missing key reads as empty."""
-    unique_keys = sorted(set(keys))
-    async with client.pipeline(transaction=False) as pipe:
-        for key in unique_keys:
-            pipe.hgetall(key)
-        replies = await pipe.execute()
-    return dict(zip(unique_keys, replies))
 
 
 def _summed(hashes: dict[str, dict[str, str]], keys: list[str]) -> dict[str, int]:
@@ -115,7 +119,7 @@ def _summed(hashes: dict[str, dict[str, str]], keys: list[str]) -> dict[str, int
 
 def window_counts(hashes: dict[str, dict[str, str]], keys: list[str],
                   labels: Labels) -> WindowCounts:
-    """The counts of the buckets `keys` (read with `read_hashes`)."""
+    """The counts of the buckets `keys` (read with `read_snapshot`)."""
     counts = WindowCounts()
     for name, n in _summed(hashes, keys).items():
         counts.add_field(name, n, labels)
@@ -123,7 +127,7 @@ def window_counts(hashes: dict[str, dict[str, str]], keys: list[str],
 
 
 def pair_counts(hashes: dict[str, dict[str, str]], keys: list[str], labels: Labels) -> PairCounts:
-    """The pair counts of the pair buckets `keys` (read with `read_hashes`)."""
+    """The pair counts of the pair buckets `keys` (read with `read_snapshot`)."""
     counts = PairCounts()
     for name, n in _summed(hashes, keys).items():
         counts.add_field(name, n, labels)
@@ -134,9 +138,9 @@ async def read_windows(
     client: aioredis.Redis, now: float, windows: dict[str, float],
     resolution: int | None = None,
 ) -> dict[str, WindowCounts]:
-    """Counts of each named window ending at `now`, from one pipelined read of its buckets."""
+    """Counts of each named window ending at `now`, from one snapshot of its buckets."""
     keys_by_window = {name: window_keys(now, seconds, resolution)
                       for name, seconds in windows.items()}
-    hashes = await read_hashes(client, [key for keys in keys_by_window.values() for key in keys])
-    labels = await read_labels(client)
+    labels, hashes = await read_snapshot(
+        client, [key for keys in keys_by_window.values() for key in keys])
     return {name: window_counts(hashes, keys, labels) for name, keys in keys_by_window.items()}
