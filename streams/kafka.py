@@ -1,4 +1,4 @@
-"""Kafka client configuration from `Settings`, in one place.
+"""Kafka client configuration from `Settings`, and which Kafka errors can clear, in one place.
 
 Every Kafka client of the project (kafka-python, aiokafka, Faust) gets its connection and
 security options from here, so a SASL or TLS setting reaches all of them or none.
@@ -65,6 +65,58 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
 def aiokafka_config(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for aiokafka's AIOKafkaProducer and AIOKafkaConsumer."""
     return _client_config(settings)
+
+
+# Kafka's default `message.max.bytes`: the limit of a topic that reports none.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def permanent_error(exc: BaseException) -> str | None:
+    """What to fix when `exc` is a produce or commit error that no retry can clear (the broker
+    refuses the worker's rights, the topic or its requests as they are), else None: every
+    other error, timeouts and connection losses included, may clear and is retried."""
+    from aiokafka import errors
+
+    fixes = {
+        errors.TopicAuthorizationFailedError: "grant the worker's principal WRITE on the "
+                                              "output topics and READ on the input topics",
+        errors.ClusterAuthorizationFailedError: "grant the worker's principal the cluster "
+                                                "rights of a producer (IdempotentWrite)",
+        errors.GroupAuthorizationFailedError: "grant the worker's principal READ on the "
+                                              "consumer group CPO_GROUP_ID",
+        errors.InvalidTopicError: "check the CPO_TOPIC_* names",
+        errors.UnsupportedVersionError: "use Kafka 2.x or newer",
+        errors.UnsupportedForMessageFormatError: "use Kafka 2.x or newer",
+        errors.InvalidTimestampError: "set the worker host's clock (NTP): the broker refuses "
+                                      "its record timestamps",
+        errors.PolicyViolationError: "ask the Kafka administrators which policy refuses it",
+        errors.MessageSizeTooLargeError: "raise max.message.bytes of the topic",
+        errors.RecordListTooLargeError: "raise max.message.bytes of the topic",
+    }
+    for error_class, fix in fixes.items():
+        if isinstance(exc, error_class):
+            return fix
+    return None
+
+
+async def topic_max_message_bytes(settings: Settings, topic: str) -> int:
+    """The topic's `max.message.bytes` as the broker reports it, or Kafka's default when it
+    reports none (a broker that keeps only the configs set, like Tansu)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**aiokafka_config(settings), request_timeout_ms=5000)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:  # (name, value, read_only, source, sensitive, ...)
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    return int(entry[1])
+    return DEFAULT_MAX_MESSAGE_BYTES
 
 
 def faust_broker_settings(settings: Settings) -> dict[str, Any]:

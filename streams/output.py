@@ -4,7 +4,9 @@ aiokafka's `send` creates a future and walks the accumulator for every record; f
 attributed-contacts topic and the DLQ that cost more than counting the contact. Records are
 partitioned by key exactly as `send` would (aiokafka's DefaultPartitioner: murmur2 like the
 Java client, random for records without a key), appended to one `BatchBuilder` per partition,
-and the call returns when every batch is acknowledged.
+and the call returns when every batch is acknowledged. A batch the broker refuses as too large
+is split, and a record refused alone is made smaller by the caller's rule (the DLQ's) or the
+refusal is raised: it can never pass as it is.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 OutputRecord = tuple[bytes | None, bytes, list[tuple[str, bytes]]]  # key, value, headers
 
@@ -74,12 +78,24 @@ def partitions_for(keys: list[bytes | None], partitions: list[int]) -> list[int]
     return found
 
 
+# The broker refuses a record batch over the topic's `max.message.bytes`: a split batch, or a
+# record made smaller, may pass where retrying the same one never would.
+SIZE_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
+# Shrink: a smaller copy of a record the broker refused as too large, or None if there is none.
+Shrink = Callable[[OutputRecord], OutputRecord | None]
+
+
 class BatchSender:
     def __init__(self, producer: Callable[[], AIOKafkaProducer]) -> None:
         self._producer = producer
 
-    async def send(self, topic: str, records: list[OutputRecord]) -> None:
-        """Produce `records` to `topic`; returns when the broker acknowledged all of them."""
+    async def send(self, topic: str, records: list[OutputRecord],
+                   shrink: Shrink | None = None) -> None:
+        """Produce `records` to `topic`; returns when the broker acknowledged all of them.
+
+        A batch the broker refuses as too large is split in two and each half sent again; a
+        record refused alone is replaced by `shrink(record)` and sent again, or, without a
+        smaller copy, the refusal is raised (retrying it would fail the same way forever)."""
         if not records:
             return
         producer = self._producer()
@@ -87,14 +103,44 @@ class BatchSender:
         by_partition: dict[int, list[OutputRecord]] = defaultdict(list)
         for partition, record in zip(partitions_for([r[0] for r in records], partitions), records):
             by_partition[partition].append(record)
-        acknowledgements = []
-        for partition, partition_records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value, headers in partition_records:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    acknowledgements.append(
-                        await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()  # an empty batch takes a record of any size
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)
-            acknowledgements.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*acknowledgements)
+        await asyncio.gather(*[self._send(producer, topic, partition, partition_records, shrink)
+                               for partition, partition_records in by_partition.items()])
+
+    async def _send(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                    records: list[OutputRecord], shrink: Shrink | None) -> None:
+        """One partition's records, in as few batches as the producer's batch size allows."""
+        deliveries = []
+        batch, chunk = producer.create_batch(), []
+        for record in records:
+            key, value, headers = record
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                deliveries.append(await self._deliver(producer, topic, partition, batch, chunk,
+                                                      shrink))
+                batch, chunk = producer.create_batch(), []  # an empty batch takes any record
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+            chunk.append(record)
+        deliveries.append(await self._deliver(producer, topic, partition, batch, chunk, shrink))
+        await asyncio.gather(*deliveries)
+
+    async def _deliver(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                       batch: BatchBuilder, chunk: list[OutputRecord],
+                       shrink: Shrink | None) -> Awaitable[None]:
+        """Hand `batch` (holding `chunk`) to the producer; returns what waits for its
+        acknowledgement, and sends again what a size refusal allows."""
+        acknowledged = await producer.send_batch(batch, topic, partition=partition)
+
+        async def delivered() -> None:
+            try:
+                await acknowledged
+            except SIZE_REFUSALS:
+                if len(chunk) > 1:
+                    half = len(chunk) // 2
+                    await asyncio.gather(self._send(producer, topic, partition, chunk[:half], shrink),
+                                         self._send(producer, topic, partition, chunk[half:], shrink))
+                    return
+                smaller = shrink(chunk[0]) if shrink else None
+                if smaller is None:
+                    raise
+                await self._send(producer, topic, partition, [smaller], shrink)
+
+        return delivered()

@@ -30,25 +30,28 @@ from streams.events import (
     decode_orders,
 )
 from streams.hold import ContactHold, Partition
+from streams.kafka import DEFAULT_MAX_MESSAGE_BYTES, permanent_error
 from streams.metrics import WorkerMetrics
-from streams.output import OutputRecord
+from streams.output import OutputRecord, Shrink
 from streams.settings import Settings
 from streams.state import BatchResult, Labels, RedisState, ScriptBatch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Produces records (key, value, headers) to a topic; returns once all are acknowledged.
-SendMany = Callable[[str, list[OutputRecord]], Awaitable[None]]
+# Produces records (key, value, headers) to a topic, making a refused one smaller by the rule
+# given (streams/output.py); returns once all are acknowledged.
+SendMany = Callable[[str, list[OutputRecord], Shrink | None], Awaitable[None]]
 REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                    redis.exceptions.BusyLoadingError, OSError)
 MAX_BACKOFF_SECONDS = 5.0
 # A health probe that gets no answer within this long marks its dependency as failing.
 PROBE_TIMEOUT_SECONDS = 2.0
-# The worker's producer sends requests of up to 16 MiB (worker.py). A rejected record larger
-# than this goes to the DLQ cut to this size, its original size in a header, instead of failing
-# its batch on every retry: a poison pill that would stop its partition for good.
-MAX_DLQ_RECORD_BYTES = 15 * 1024 * 1024
+# Bytes a record batch of one record takes beyond its key, value and headers' own bytes: the
+# batch header (61) and the record's varints and attributes (at most 5 + 1 + 10 + 5 + 5 + 5 + 5),
+# plus 10 per header's two lengths; rounded up.
+RECORD_OVERHEAD_BYTES = 128
+HEADER_OVERHEAD_BYTES = 10
 # Records decoded between two yields to the event loop (about 5 ms of CPU).
 DECODE_CHUNK = 500
 
@@ -107,6 +110,15 @@ class Health:
         return self.probed >= self.failing.keys() and not any(self.failing.values())
 
 
+class FatalError(RuntimeError):
+    """A dependency refuses what the worker does in a way no retry can clear; the message is one
+    line naming the fix. The worker stops, and its uncommitted batches are redelivered."""
+
+
+def _never_permanent(exc: BaseException) -> str | None:
+    return None
+
+
 async def retry_forever(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -115,12 +127,15 @@ async def retry_forever(
     health: Health,
     dependency: str,
     count_error: Callable[[], None],
+    permanent: Callable[[BaseException], str | None] = _never_permanent,
 ) -> T:
     """Run `operation` until it succeeds, backing off (0.1 s doubling to 5 s) on transient errors.
 
-    While it fails, the call counts among the dependency's failing calls in `health`; it leaves
-    them when it succeeds or is abandoned (cancelled by a rebalance or a shutdown), so readiness
-    never stays stuck on a call that nobody retries any more.
+    A `transient` error for which `permanent` names a fix is not retried (it would fail the same
+    way forever): it is logged and raised as FatalError. While the call fails, it counts among
+    the dependency's failing calls in `health`; it leaves them when it succeeds or is abandoned
+    (cancelled by a rebalance or a shutdown), so readiness never stays stuck on a call that
+    nobody retries any more.
     """
     delay = 0.1
     call = object()
@@ -130,6 +145,11 @@ async def retry_forever(
                 return await operation()
             except transient as exc:
                 count_error()
+                fix = permanent(exc)
+                if fix is not None:
+                    message = f"{dependency} refuses {what} ({type(exc).__name__}: {exc}): {fix}"
+                    log.critical("%s; stopping the worker", message)
+                    raise FatalError(message) from exc
                 health.fail(dependency, call, f"{what}: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -191,12 +211,17 @@ class BatchProcessor:
         metrics: WorkerMetrics,
         send_many: SendMany,
         kafka_transient: tuple[type[BaseException], ...] = (),
+        topic_limit: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
+        """`topic_limit(topic)`: the topic's record batch limit (`max.message.bytes`) as the
+        broker reports it; without it the DLQ's is taken to be Kafka's default."""
         self.settings = settings
         self.state = state
         self.metrics = metrics
         self.send_many = send_many
         self.kafka_transient = kafka_transient
+        self.topic_limit = topic_limit
+        self._dlq_limit: int | None = None
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
         self.hold = ContactHold(behind_records=settings.batch_size,
@@ -210,7 +235,25 @@ class BatchProcessor:
     async def kafka_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(
             operation, what=what, transient=self.kafka_transient, health=self.health,
-            dependency="kafka", count_error=self.metrics.kafka_errors.inc)
+            dependency="kafka", count_error=self.metrics.kafka_errors.inc,
+            permanent=permanent_error)
+
+    async def dlq_limit(self) -> int:
+        """The DLQ topic's record batch limit, asked of the broker once (Kafka's default when
+        it cannot be asked: a smaller limit still makes the broker refuse, and the record is
+        then cut further)."""
+        if self._dlq_limit is None:
+            limit = DEFAULT_MAX_MESSAGE_BYTES
+            if self.topic_limit is not None:
+                try:
+                    limit = await asyncio.wait_for(self.topic_limit(self.settings.topic_dlq),
+                                                   PROBE_TIMEOUT_SECONDS * 5)
+                except (*self.kafka_transient, TimeoutError) as exc:
+                    log.info("cannot read max.message.bytes of %s (%s: %s); DLQ records are cut "
+                             "to Kafka's default %d bytes", self.settings.topic_dlq,
+                             type(exc).__name__, exc, limit)
+            self._dlq_limit = limit
+        return self._dlq_limit
 
     async def probe(self, dependency: str, check: Callable[[], Awaitable[Any]]) -> None:
         """One health check, bounded by PROBE_TIMEOUT_SECONDS, so readiness follows a
@@ -295,9 +338,11 @@ class BatchProcessor:
         for (topic, _), _, rejection in rejected:
             self.metrics.rejected.labels(topic, rejection.reason).inc()
         if rejected:
-            dlq_records = self._rejection_records(rejected)
-            await self.kafka_call(lambda: self.send_many(self.settings.topic_dlq, dlq_records),
-                                  "produce to DLQ")
+            limit = await self.dlq_limit()
+            dlq_records = [dlq_record(partition, record, rejection, limit)
+                           for partition, record, rejection in rejected]
+            await self.kafka_call(lambda: self.send_many(self.settings.topic_dlq, dlq_records,
+                                                         shrink_dlq_record), "produce to DLQ")
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - prepared.started)
 
@@ -322,7 +367,7 @@ class BatchProcessor:
         if not ids:
             return
         records = self._contact_records(result, labels)
-        await self.kafka_call(lambda: self.send_many(self.settings.topic_attributed, records),
+        await self.kafka_call(lambda: self.send_many(self.settings.topic_attributed, records, None),
                               "produce contacts")
         await self.redis_call(lambda: self.state.outbox_done(ids), "outbox ack")
 
@@ -360,23 +405,48 @@ class BatchProcessor:
             for contact, contact_time in zip(unattributed, contact_times[len(attributed):])]
         return records
 
-    @staticmethod
-    def _rejection_records(
-            rejected: list[tuple[Partition, Record, Rejection]]) -> list[OutputRecord]:
-        """The rejected records as they came, with the reason and origin in headers."""
-        records: list[OutputRecord] = []
-        for (topic, partition), record, rejection in rejected:
-            headers = [
-                ("cpo-error-reason", rejection.reason.encode()),
-                ("cpo-source-topic", topic.encode()),
-                ("cpo-source-partition", str(partition).encode()),
-                ("cpo-source-offset", str(record.offset).encode()),
-            ]
-            if rejection.event_id:
-                headers.append(("cpo-event-id", rejection.event_id.encode()))
-            key, value = record.key, record.value or b""
-            if len(key or b"") + len(value) > MAX_DLQ_RECORD_BYTES:
-                headers.append(("cpo-original-size", str(len(value)).encode()))
-                key, value = None, value[:MAX_DLQ_RECORD_BYTES]
-            records.append((key, value, headers))
-        return records
+
+
+def record_bytes(record: OutputRecord) -> int:
+    """An upper bound of the bytes `record` takes in a record batch of its own (uncompressed),
+    what the broker compares with the topic's `max.message.bytes`."""
+    key, value, headers = record
+    return (RECORD_OVERHEAD_BYTES + len(key or b"") + len(value)
+            + sum(HEADER_OVERHEAD_BYTES + len(name) + len(text) for name, text in headers))
+
+
+ORIGINAL_SIZE = "cpo-original-size"
+
+
+def dlq_record(source: Partition, record: Record, rejection: Rejection,
+               limit: int) -> OutputRecord:
+    """A rejected record as it came, with the reason and origin in headers. One that would not
+    fit the DLQ topic's `limit` is cut to fit, without its key, its original size in a header:
+    a record the broker refuses would stop its partition for good."""
+    topic, partition = source
+    headers = [
+        ("cpo-error-reason", rejection.reason.encode()),
+        ("cpo-source-topic", topic.encode()),
+        ("cpo-source-partition", str(partition).encode()),
+        ("cpo-source-offset", str(record.offset).encode()),
+    ]
+    if rejection.event_id:
+        headers.append(("cpo-event-id", rejection.event_id.encode()))
+    out: OutputRecord = (record.key, record.value or b"", headers)
+    if record_bytes(out) > limit:
+        value = out[1]
+        headers.append((ORIGINAL_SIZE, str(len(value)).encode()))
+        room = max(0, limit - record_bytes((None, b"", headers)))
+        out = (None, value[:room], headers)
+    return out
+
+
+def shrink_dlq_record(record: OutputRecord) -> OutputRecord | None:
+    """Half of a DLQ record's value, for a DLQ whose limit is below what the worker was told;
+    None once there is nothing left to cut."""
+    _, value, headers = record
+    if not value:
+        return None
+    if not any(name == ORIGINAL_SIZE for name, _ in headers):
+        headers = [*headers, (ORIGINAL_SIZE, str(len(value)).encode())]
+    return None, value[:len(value) // 2], headers

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from streams.events import MAX_RECORD_BYTES
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ class TopicsError(RuntimeError):
 def topic_names(settings: Settings) -> list[str]:
     return [settings.topic_orders, settings.topic_contacts, settings.topic_attributed,
             settings.topic_dlq]
+
+
+# The DLQ's `max.message.bytes`: a record as large as the decoder accepts (1 MiB, the contract)
+# fits whole with 64 KiB of headers, so every record the input topics take (Kafka's default
+# limit is 1 MiB + 12 bytes) reaches the DLQ unchanged; the worker cuts only larger ones.
+DLQ_MAX_MESSAGE_BYTES = MAX_RECORD_BYTES + 64 * 1024
 
 
 def retention_ms(settings: Settings) -> str:
@@ -93,7 +100,7 @@ def create_topics(settings: Settings, partitions: int | None = None,
     """Create the orders, contacts, attributed and DLQ topics; {topic: "created" | "exists"}.
 
     Partitions and replication factor default to CPO_PARTITIONS and CPO_REPLICATION_FACTOR;
-    retention is CPO_TOPIC_RETENTION. Raises TopicsError when Kafka stays unreachable for
+    retention is CPO_TOPIC_RETENTION; the DLQ takes records of DLQ_MAX_MESSAGE_BYTES. Raises TopicsError when Kafka stays unreachable for
     `timeout` seconds or refuses a topic.
     """
     from kafka.errors import KafkaError
@@ -104,8 +111,9 @@ def create_topics(settings: Settings, partitions: int | None = None,
     names = topic_names(settings)
     admin = _admin(settings, timeout)
     try:
-        results = _create(admin, {name: {**shape, "configs": {"retention.ms": retention}}
-                                  for name in names})
+        configs = {name: {"retention.ms": retention} for name in names}
+        configs[settings.topic_dlq]["max.message.bytes"] = str(DLQ_MAX_MESSAGE_BYTES)
+        results = _create(admin, {name: {**shape, "configs": configs[name]} for name in names})
         rejected = [name for name in names
                     if results[name]["error_code"] in (_INVALID_CONFIG, _POLICY_VIOLATION)]
         if rejected:

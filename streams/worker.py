@@ -31,7 +31,7 @@ from kafka.errors import KafkaError as KafkaPythonError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.hold import ContactHold
-from streams.kafka import faust_broker_settings
+from streams.kafka import faust_broker_settings, topic_max_message_bytes
 from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
 from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
@@ -195,6 +195,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         paused: set[TP] = set()  # contacts partitions paused here while contacts are held
         try:
             while not (self.should_stop or fetcher.should_stop):
+                while outputs and outputs[0].done():  # a failed batch stops the loop now
+                    outputs.popleft().result()
                 records, active = await self._wait_next_records(0.0 if hold.due_left else 1.0)
                 if self.should_stop:
                     continue
@@ -306,7 +308,7 @@ def create_app(settings: Settings) -> PipelineApp:
         consumer_auto_offset_reset="earliest",
         producer_linger=0.005,
         producer_max_batch_size=1024 * 1024,
-        producer_max_request_size=16 * 1024 * 1024,  # DLQ holds rejected records > 1 MiB
+        producer_max_request_size=16 * 1024 * 1024,  # DLQ records are cut to the DLQ's limit
         producer_acks=-1,
         topic_allow_declare=False,
         topic_partitions=settings.partitions,
@@ -325,6 +327,7 @@ def create_app(settings: Settings) -> PipelineApp:
     app.processor = BatchProcessor(
         settings, state, metrics, sender.send,
         kafka_transient=(KafkaError, KafkaPythonError, ConnectionError, asyncio.TimeoutError),
+        topic_limit=lambda topic: topic_max_message_bytes(settings, topic),
     )
     app.topics.add(app.topic(settings.topic_orders, settings.topic_contacts,
                              value_serializer="raw", key_serializer="raw"))

@@ -2,8 +2,8 @@
 reference dataset, through two real workers and the exporter: nothing is lost, nothing leaks.
 
 - Every bad record is in the DLQ with its reason, found by its source topic, partition and
-  offset, with its original bytes (cut, with its size in a header, only beyond what the
-  worker's producer can send); no valid record is there.
+  offset, with its original bytes (cut, with its size in a header, only beyond the DLQ
+  topic's `max.message.bytes`); no valid record is there.
 - Every valid record, hostile or not, is counted exactly: worker counters, exporter windows and
   the attributed-contacts topic equal the reference computation, with causes and values folded
   into `other` as the registries decided.
@@ -35,9 +35,10 @@ from kafka import KafkaProducer
 from streams.kafka import kafka_python_config
 from streams.local import free_port
 from streams.processes import Child, Pipeline, parse_metrics
-from streams.processor import MAX_DLQ_RECORD_BYTES
+from streams.processor import record_bytes
 from streams.settings import Settings, load_settings
 from streams.state import count_identities
+from streams.topics import DLQ_MAX_MESSAGE_BYTES
 from tests.corpus import hostile
 from tests.integration import reference
 from tests.integration.support import (
@@ -184,16 +185,19 @@ def check_dlq(settings: Settings, expected: dict[Origin, hostile.Hostile]) -> No
         origin = (headers["cpo-source-topic"], int(headers["cpo-source-partition"]),
                   int(headers["cpo-source-offset"]))
         found[origin] = (headers["cpo-error-reason"], record.key, record.value,
-                         headers.get("cpo-original-size"))
+                         headers.get("cpo-original-size"),
+                         [(k, v) for k, v in record.headers if k != "cpo-original-size"])
     assert set(found) == set(expected), (len(set(found) - set(expected)),
                                          len(set(expected) - set(found)))
     for origin, bad in expected.items():
-        reason, key, value, original_size = found[origin]
+        reason, key, value, original_size, headers = found[origin]
         assert reason == bad.reason, (origin, bad.value[:200])
-        if len(bad.value) + len(bad.key or b"") <= MAX_DLQ_RECORD_BYTES:
+        if record_bytes((bad.key, bad.value, headers)) <= DLQ_MAX_MESSAGE_BYTES:
             assert (key, value, original_size) == (bad.key, bad.value, None), origin
-        else:
-            assert value == bad.value[:MAX_DLQ_RECORD_BYTES]
+        else:  # cut to fit the DLQ topic's limit (cpo topics create made it), and no more
+            assert bad.value.startswith(value)  # without the key, the value cut if need be
+            assert value == bad.value or len(value) > DLQ_MAX_MESSAGE_BYTES - 1024
+            assert record_bytes((key, value, headers)) <= DLQ_MAX_MESSAGE_BYTES
             assert original_size == str(len(bad.value))
 
 
