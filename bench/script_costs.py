@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 import redis
 
 from streams.events import Rejection, decode_contact, decode_order
-from streams.local import EmbeddedRedis
+from streams.lane import ScriptLane
+from streams.local import redis_url
+from streams.retry import Health, Retrying
 from streams.settings import load_settings
 from streams.simulate import SimConfig, encode, generate
-from streams.state import SCRIPT, RedisState, connect
+from streams.state import SCRIPT, RedisState, connect, redis_permanent
 
 
 def _without(old: str, new: str) -> str:
@@ -58,7 +59,8 @@ async def redis_cpu_per_record(url: str, script: str, pairs: str, orders: list, 
                                now: float) -> float:
     settings = load_settings({"CPO_REDIS_URL": url, "CPO_RCA_PAIRS": pairs})
     state = RedisState(connect(settings), settings)
-    state.script = state.client.register_script(script)
+    lane = ScriptLane(state, Retrying(Health(), "redis", lambda: None, redis_permanent),
+                      script=script)
     client = redis.Redis.from_url(url)
     client.flushdb()
     before, records = client.info("cpu"), 0
@@ -66,10 +68,11 @@ async def redis_cpu_per_record(url: str, script: str, pairs: str, orders: list, 
         batch = orders[i:i + 5000]
         joined = [c for c in contacts if batch[0].occurred_at <= c.occurred_at
                   < batch[-1].occurred_at]
-        await state.apply_batch(batch, joined, now)
+        await lane.count(state.prepare(state.unique_orders(batch), joined, now))
         await state.fold_pairs()  # as a worker's timer
         records += len(batch) + len(joined)
     after = client.info("cpu")
+    await lane.close()
     await state.client.aclose()
     used = sum(after[k] - before[k] for k in ("used_cpu_user", "used_cpu_sys"))
     return used / records * 1e6
@@ -90,11 +93,8 @@ def main() -> None:
                 cpu = asyncio.run(redis_cpu_per_record(url, script, pairs, orders, contacts, now))
                 print(f"pairs {pairs:3}  {name:32} {cpu:6.1f} µs of Redis CPU per record")
 
-    if os.environ.get("CPO_REDIS_URL"):
-        measure(os.environ["CPO_REDIS_URL"])
-    else:
-        with EmbeddedRedis() as server:
-            measure(server.url)
+    with redis_url() as url:
+        measure(url)
 
 
 if __name__ == "__main__":

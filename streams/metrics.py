@@ -82,11 +82,15 @@ class WorkerMetrics:
         self.ready = Gauge("cpo_worker_ready", "1 when Kafka and Redis are reachable",
                            registry=registry)
 
-        # Redis field name -> the counter child it increments (a field's labels never change:
-        # registry ids are permanent), so a batch costs one dict lookup per field.
+        # Redis field name -> the counter child it increments, so a batch costs one dict lookup
+        # per field; valid for the labels it was named with (`_named_by`): after Redis lost its
+        # registries, the same ids name other values.
         self._children: dict[str, Any] = {}
+        self._named_by: Labels | None = None
 
     def _child(self, name: str, labels: Labels, topics: tuple[str, str]) -> Any:
+        if labels is not self._named_by:
+            self._children, self._named_by = {}, labels
         child = self._children.get(name)
         if child is None:
             child = self._children[name] = self._resolve(name, labels, topics)

@@ -125,14 +125,17 @@ class Pipeline:
         self.env = {**os.environ, **settings.as_env(), **(extra_env or {})}
         self.children: list[Child] = []
 
-    def _start(self, name: str, args: list[str], port: int | None) -> Child:
-        child = Child(name, args, self.env, port, self.log_dir / f"{name}.log").start()
+    def _start(self, name: str, args: list[str], port: int | None,
+               env: dict[str, str] | None = None) -> Child:
+        child = Child(name, args, {**self.env, **(env or {})}, port,
+                      self.log_dir / f"{name}.log").start()
         self.children.append(child)
         return child
 
-    def worker(self, index: int, port: int) -> Child:
+    def worker(self, index: int, port: int, env: dict[str, str] | None = None) -> Child:
+        """Worker `index`; `env` adds to the pipeline's environment for this one only."""
         return self._start(f"worker-{index}", cpo_command("worker", "--metrics-port", str(port)),
-                           port)
+                           port, env)
 
     def exporter(self, refresh: float = 1.0) -> Child:
         return self._start("exporter", cpo_command("exporter", "--refresh", str(refresh)),

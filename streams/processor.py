@@ -14,13 +14,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 import numpy as np
-import redis.exceptions
 
+from streams.clock import RedisClock
 from streams.events import (
     OCCURRED_AT,
     ContactEvent,
@@ -31,10 +32,19 @@ from streams.events import (
 )
 from streams.hold import ContactHold, Partition
 from streams.kafka import DEFAULT_MAX_MESSAGE_BYTES, permanent_error
+from streams.lane import ScriptLane
 from streams.metrics import WorkerMetrics
 from streams.output import OutputRecord, Shrink
+from streams.retry import Health, Retrying, retry_forever
 from streams.settings import Settings
-from streams.state import BatchResult, Labels, RedisState, ScriptBatch
+from streams.state import (
+    REDIS_ERRORS,
+    BatchResult,
+    Labels,
+    RedisState,
+    ScriptBatch,
+    redis_permanent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +52,6 @@ T = TypeVar("T")
 # Produces records (key, value, headers) to a topic, making a refused one smaller by the rule
 # given (streams/output.py); returns once all are acknowledged.
 SendMany = Callable[[str, list[OutputRecord], Shrink | None], Awaitable[None]]
-REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                   redis.exceptions.BusyLoadingError, OSError)
-MAX_BACKOFF_SECONDS = 5.0
 # A health probe that gets no answer within this long marks its dependency as failing.
 PROBE_TIMEOUT_SECONDS = 2.0
 # Bytes a record batch of one record takes beyond its key, value and headers' own bytes: the
@@ -63,98 +70,6 @@ class Record(Protocol):
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-@dataclass
-class Health:
-    """What readiness reports: per dependency ("redis", "kafka"), the calls failing right now.
-
-    A dependency's fault episode starts when one of its calls fails and ends when none is
-    failing any more. However many calls and retries it spans (a batch, a timer and the probe
-    all fail together when Redis stops), it is logged once at WARNING and once at INFO.
-    """
-
-    failing: dict[str, dict[object, str]] = field(
-        default_factory=lambda: {"redis": {}, "kafka": {}})
-    since: dict[str, float] = field(default_factory=dict)
-    # A worker is ready only once a probe has reached each dependency (a worker starting while
-    # Redis or the broker is down must not answer 200 before it has tried).
-    probed: set[str] = field(default_factory=set)
-
-    def fail(self, dependency: str, call: object, reason: str) -> None:
-        failing = self.failing[dependency]
-        if not failing:
-            self.since[dependency] = time.monotonic()
-            log.warning("%s unavailable (%s); retrying with backoff, not ready until it recovers",
-                        dependency, reason)
-        failing[call] = reason
-
-    def recover(self, dependency: str, call: object) -> None:
-        failing = self.failing[dependency]
-        if failing.pop(call, None) is not None and not failing:
-            log.info("%s recovered after %.1fs", dependency,
-                     time.monotonic() - self.since[dependency])
-
-    def probe_succeeded(self, dependency: str) -> None:
-        self.probed.add(dependency)
-        self.recover(dependency, "probe")
-
-    def fault(self, dependency: str) -> str | None:
-        """The reason of one failing call of `dependency`, or None."""
-        if dependency not in self.probed and not self.failing[dependency]:
-            return f"{dependency}: not reached yet"
-        return next(iter(self.failing[dependency].values()), None)
-
-    @property
-    def ready(self) -> bool:
-        return self.probed >= self.failing.keys() and not any(self.failing.values())
-
-
-class FatalError(RuntimeError):
-    """A dependency refuses what the worker does in a way no retry can clear; the message is one
-    line naming the fix. The worker stops, and its uncommitted batches are redelivered."""
-
-
-def _never_permanent(exc: BaseException) -> str | None:
-    return None
-
-
-async def retry_forever(
-    operation: Callable[[], Awaitable[T]],
-    *,
-    what: str,
-    transient: tuple[type[BaseException], ...],
-    health: Health,
-    dependency: str,
-    count_error: Callable[[], None],
-    permanent: Callable[[BaseException], str | None] = _never_permanent,
-) -> T:
-    """Run `operation` until it succeeds, backing off (0.1 s doubling to 5 s) on transient errors.
-
-    A `transient` error for which `permanent` names a fix is not retried (it would fail the same
-    way forever): it is logged and raised as FatalError. While the call fails, it counts among
-    the dependency's failing calls in `health`; it leaves them when it succeeds or is abandoned
-    (cancelled by a rebalance or a shutdown), so readiness never stays stuck on a call that
-    nobody retries any more.
-    """
-    delay = 0.1
-    call = object()
-    try:
-        while True:
-            try:
-                return await operation()
-            except transient as exc:
-                count_error()
-                fix = permanent(exc)
-                if fix is not None:
-                    message = f"{dependency} refuses {what} ({type(exc).__name__}: {exc}): {fix}"
-                    log.critical("%s; stopping the worker", message)
-                    raise FatalError(message) from exc
-                health.fail(dependency, call, f"{what}: {type(exc).__name__}: {exc}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-    finally:
-        health.recover(dependency, call)
 
 
 @dataclass
@@ -221,22 +136,25 @@ class BatchProcessor:
         self.send_many = send_many
         self.kafka_transient = kafka_transient
         self.topic_limit = topic_limit
+        self.clock = RedisClock()
         self._dlq_limit: int | None = None
         self.health = Health()
         self.topics = (settings.topic_orders, settings.topic_contacts)
         self.hold = ContactHold(behind_records=settings.batch_size,
                                 release_limit=settings.batch_size)
 
+    def redis_retrying(self) -> Retrying:
+        return Retrying(self.health, "redis", self.metrics.redis_errors.inc, redis_permanent)
+
     async def redis_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
-        return await retry_forever(
-            operation, what=what, transient=REDIS_TRANSIENT, health=self.health,
-            dependency="redis", count_error=self.metrics.redis_errors.inc)
+        return await retry_forever(operation, what=what, transient=REDIS_ERRORS,
+                                   retrying=self.redis_retrying())
 
     async def kafka_call(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(
-            operation, what=what, transient=self.kafka_transient, health=self.health,
-            dependency="kafka", count_error=self.metrics.kafka_errors.inc,
-            permanent=permanent_error)
+            operation, what=what, transient=self.kafka_transient,
+            retrying=Retrying(self.health, "kafka", self.metrics.kafka_errors.inc,
+                              permanent_error))
 
     async def dlq_limit(self) -> int:
         """The DLQ topic's record batch limit, asked of the broker once (Kafka's default when
@@ -260,7 +178,7 @@ class BatchProcessor:
         dependency even while no batch runs (an idle or stalled fetch makes no call that could
         fail) or a call is still waiting out its socket timeout."""
         if dependency == "redis":
-            transient, count_error = REDIS_TRANSIENT, self.metrics.redis_errors.inc
+            transient, count_error = REDIS_ERRORS, self.metrics.redis_errors.inc
         else:
             transient, count_error = self.kafka_transient, self.metrics.kafka_errors.inc
         try:
@@ -281,8 +199,10 @@ class BatchProcessor:
         call that returns meanwhile is followed at once by the next.
         The contacts go through `self.hold`, which may keep some for a later batch; `lags`
         (records not read yet per assigned orders partition) tells it whether the orders are
-        behind. Without `lags` nothing is held."""
-        now, started = time.time(), time.perf_counter()
+        behind. Without `lags` nothing is held. Times are Redis's (streams/clock.py)."""
+        if not self.clock.synced:
+            await self.redis_call(self.sync_clock, "read the clock")
+        now, started = self.clock.now(), time.perf_counter()
         orders = self.state.unique_orders()
         contacts: list[tuple[Partition, int, ContactEvent]] = []
         rejected: list[tuple[Partition, Record, Rejection]] = []
@@ -320,12 +240,21 @@ class BatchProcessor:
         return Prepared(now, started, self.state.prepare(orders, released, now, fetched_at),
                         rejected)
 
-    async def count(self, prepared: Prepared) -> BatchResult:
-        """Count one decoded batch in Redis (the batch's one script call), observe its events'
-        lag, then let its events and arguments go: the batch may wait a while for its output
+    async def sync_clock(self) -> None:
+        await self.clock.sync(self.state.client)
+
+    def new_lane(self) -> ScriptLane:
+        """The script calls of one run of the worker's drain loop, applied in its batch order
+        (a lane closed with batches in flight leaves them to be redelivered)."""
+        return ScriptLane(self.state, self.redis_retrying())
+
+    async def count(self, prepared: Prepared, lane: ScriptLane) -> BatchResult:
+        """Count one decoded batch in Redis (the batch's one script call, after the calls of
+        the batches before it in `lane`), observe its events' lag, then let its events and
+        arguments go: the batch may wait a while for its output
         (worker.MAX_BATCHES_OUTPUTTING), and only the script needed them."""
         batch = prepared.script_batch
-        result = await self.redis_call(lambda: self.state.apply(batch), "apply batch")
+        result = await lane.count(batch)
         self.metrics.observe_lag(self.topics, batch.orders, batch.contacts, batch.now)
         batch.release()
         return result
@@ -349,15 +278,24 @@ class BatchProcessor:
     async def expire_pending(self) -> None:
         """Count contacts whose join grace has passed, and fold the queued pair counts; any
         worker may run it at any time."""
-        now = time.time()
-        result = await self.redis_call(lambda: self.state.expire_pending(now), "expire pending")
+        result = await self.redis_call(self.state.expire_pending, "expire pending")
         if result.unattributed:
             await self.emit(result)
         await self.redis_call(self.state.fold_pairs, "fold pair counts")
 
     async def emit(self, result: BatchResult) -> None:
-        """Update the counters and produce every counted contact to the attributed topic."""
+        """Update the counters and produce every counted contact to the attributed topic,
+        named by the registries the result's ids belong to. When Redis no longer has those
+        (a rollback lost them, and with them that call's counts), nothing is named wrong:
+        the result is left out, and logged."""
         labels = await self.redis_call(lambda: self.state.labels(result), "read labels")
+        if labels is None:
+            log.warning("Redis lost the label registries of %d counted contacts (a rollback: a "
+                        "crash without appendfsync always, a restore or a failover); their "
+                        "counts are lost with them: replay the minutes before it "
+                        "(docs/upgrade-and-replay.md)",
+                        len(result.attributed) + len(result.unattributed))
+            return
         self.metrics.count(result, labels, self.topics)
         await self.produce_contacts(result, labels)
 
@@ -373,14 +311,19 @@ class BatchProcessor:
 
     async def produce_orphans(self, older_than: float) -> int:
         """Produce output records a crashed worker left in the outbox (at-least-once output)."""
-        result = await self.redis_call(
+        results = await self.redis_call(
             lambda: self.state.outbox_orphans(older_than), "read outbox")
-        if result.outbox_ids:
-            labels = await self.redis_call(lambda: self.state.labels(result), "read labels")
+        for result in results:
+            labels = await self.redis_call(partial(self.state.labels, result), "read labels")
             log.info("producing %d output records left by a stopped worker",
                      len(result.attributed) + len(result.unattributed))
+            if labels is None:  # written before a rollback that lost their registries
+                log.warning("their label registries are lost; dropped")
+                await self.redis_call(partial(self.state.outbox_done, result.outbox_ids),
+                                      "outbox ack")
+                continue
             await self.produce_contacts(result, labels)
-        return len(result.outbox_ids)
+        return sum(len(result.outbox_ids) for result in results)
 
     @staticmethod
     def _contact_records(result: BatchResult, labels: Labels) -> list[OutputRecord]:
@@ -404,7 +347,6 @@ class BatchProcessor:
                 contact.reason)), [])
             for contact, contact_time in zip(unattributed, contact_times[len(attributed):])]
         return records
-
 
 
 def record_bytes(record: OutputRecord) -> int:

@@ -22,7 +22,15 @@ import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.buckets import COARSE_SECONDS, FINE_SECONDS, bucket_ttls, fine_horizon, pair_ttl
 from streams.events import ATTRIBUTES, OCCURRED_AT, ContactEvent, OrderEvent
@@ -37,9 +45,15 @@ UNATTRIBUTED_REASONS = {"n": "no_order_id", "f": "order_not_found"}
 # Identities live in this many small hashes per kind (`cpo:o:<shard>`, `cpo:c:<shard>`). Part of
 # the data layout: changing it orphans every stored identity.
 IDENTITY_SHARDS = 16384
-# Every identity shard is swept once this often: an identity outlives its retention by at most
-# this much.
-SWEEP_SECONDS = 3600
+# Each identity shard is swept once per retention / SWEEPS_PER_RETENTION: an identity outlives
+# its retention by at most that much (4%), and the sweep examines 24 identities per identity
+# stored per retention, a bounded page per call (lua/state.lua).
+SWEEPS_PER_RETENTION = 24
+
+
+def sweep_period(retention: float) -> float:
+    """Seconds between two sweeps of one identity shard."""
+    return retention / SWEEPS_PER_RETENTION
 PAIR_QUEUE = "cpo:pbq"  # pair counts waiting to be folded into the pair buckets
 MAX_FOLD_ENTRIES = 500  # batches' pair counts per fold call
 
@@ -83,6 +97,9 @@ class Unattributed(msgspec.Struct, frozen=True, gc=False):
     contact_time: float
 
 
+Stamp = tuple[str, str]  # (version, token) of the label registries: see lua/state.lua
+
+
 @dataclass
 class BatchResult:
     totals: dict[str, int] = field(default_factory=dict)
@@ -90,6 +107,8 @@ class BatchResult:
     unattributed: list[Unattributed] = field(default_factory=list)
     pending: int = 0
     outbox_ids: list[str] = field(default_factory=list)  # entries holding these output records
+    stamp: Stamp | None = None  # the registries' stamp its ids belong to (None: not known)
+    redis_time: float = 0.0  # Redis's clock when the call ran
 
 
 @dataclass
@@ -99,6 +118,8 @@ class Labels:
     causes: dict[int, str] = field(default_factory=dict)
     dimensions: dict[int, str] = field(default_factory=dict)
     values: dict[tuple[int, int], str] = field(default_factory=dict)
+    # the registries' stamp tokens by version, as read with them (lua/state.lua, reg:stamp)
+    tokens: dict[str, str] = field(default_factory=dict)
     # "d:v" (as in fields and an attributed contact's values) -> (dimension, value)
     pairs: dict[str, tuple[str, str]] = field(init=False)
     # "d:v" -> '"<dimension>":"<value>"' (JSON), made on first use
@@ -132,10 +153,40 @@ class Labels:
                 fragments[pair] = orjson.dumps(dict([self.pairs[pair]]))[1:-1]
         return b"{" + b",".join(map(fragments.__getitem__, pairs)) + b"}"
 
-    def knows(self, cause_ids: Iterable[int], pairs: Iterable[str]) -> bool:
-        """Whether every cause id and every "d:v" has its label here."""
-        return all(c == 0 or c in self.causes for c in cause_ids) and all(
-            p in self.pairs for p in pairs)
+    def names(self, stamp: Stamp | None) -> bool:
+        """Whether these labels name the ids of a reply made at `stamp`: the registries read
+        here are those of that stamp, or grew from it (same token at its version). False once
+        Redis lost registrations (a flush, a rollback), whatever ids were given since."""
+        return stamp is None or self.tokens.get(stamp[0]) == stamp[1]
+
+
+# Every error a Redis call can raise; `redis_permanent` tells those worth retrying.
+REDIS_ERRORS = (RedisError, OSError)
+# Error replies that clear by themselves: another script running long (BUSY), a restart
+# (LOADING), memory freed by expiring keys (OOM), a failover in progress (READONLY,
+# MASTERDOWN, TRYAGAIN, CLUSTERDOWN, NOREPLICAS), a failing snapshot's disk (MISCONF).
+RETRIED_REPLIES = frozenset({"BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "TRYAGAIN",
+                             "CLUSTERDOWN", "NOREPLICAS", "MISCONF"})
+
+
+def reply_code(exc: BaseException) -> str:
+    """The code of an error reply ("BUSY", "STALE_REGISTRY", ...): its first word."""
+    code = getattr(exc, "status_code", None)
+    return code or (str(exc).split(" ", 1)[0] if str(exc) else "")
+
+
+def redis_permanent(exc: BaseException) -> str | None:
+    """What to fix when no retry can clear `exc`, else None. Lost connections, timeouts and the
+    RETRIED_REPLIES can clear; a refused login or right, a script error (a bug) or a wrong
+    command cannot, and retrying them forever would stall the partition silently."""
+    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
+        return ("check the user and password in CPO_REDIS_URL and that user's ACL (it needs "
+                "the scripting commands and the keys cpo:*)")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return None
+    if isinstance(exc, ResponseError) and reply_code(exc) in RETRIED_REPLIES:
+        return None
+    return "no retry clears this Redis error; report it with this line"
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -150,18 +201,21 @@ def connect(settings: Settings) -> aioredis.Redis:
 
 
 class Registry:
-    """The worker's copy of the registry ids it has used. Ids never change while the registries'
-    epoch stays the same, so the copy only grows; a new epoch discards it."""
+    """The worker's copy of the registry ids it has used, valid while its stamp is (the
+    registries only grow meanwhile, so the copy only grows). A dimension whose registry is full
+    is known whole: every other value of it is `other`, with no entry per value here (a
+    dimension with millions of distinct values costs no memory)."""
 
-    def __init__(self, epoch: str, dim_ids: list[int], dimensions: tuple[str, ...],
+    def __init__(self, stamp: Stamp, dim_ids: list[int], dimensions: tuple[str, ...],
                  max_values: int, tally: OrderTally) -> None:
-        self.epoch = epoch
+        self.stamp = stamp
         # One column per dimension, in ascending dimension id (the order of pairs in fields).
         order = sorted(range(len(dimensions)), key=lambda i: dim_ids[i])
         self.columns = {dimensions[i]: column for column, i in enumerate(order)}
         self.names = tuple(dimensions[i] for i in order)
         # Per column, value -> id: an absent or empty value maps to ABSENT, `other` to 0.
         self.ids = [{None: ABSENT, "": ABSENT, OTHER: 0} for _ in order]
+        self.full = [False for _ in order]  # whether the column's registry is full, and here
         # Per column, value id -> ",d:v" (ABSENT, i.e. -1, is the last item: "").
         self._pair_texts = [[f",{dim_ids[i]}:{v}" for v in range(max_values)] + [""]
                            for i in order]
@@ -169,10 +223,19 @@ class Registry:
         self.tally = tally
 
     def known(self, dimension: str, value: str) -> bool:
-        return value in self.ids[self.columns[dimension]]
+        column = self.columns[dimension]
+        return self.full[column] or value in self.ids[column]
 
     def learn(self, dimension: str, value: str, value_id: int) -> None:
-        self.ids[self.columns[dimension]][value] = value_id
+        column = self.columns[dimension]
+        if not self.full[column]:  # a full one has every registered value, the rest are 0
+            self.ids[column][value] = value_id
+
+    def learn_full(self, dimension: str, registered: dict[str, int]) -> None:
+        """The whole registry of a full dimension: its values' ids, every other one is 0."""
+        column = self.columns[dimension]
+        self.ids[column].update(registered)
+        self.full[column] = True
 
     def columns_of(self, attributes: list[dict[str, str]]) -> list[list[int | None]]:
         """The orders' value ids, column by column, by C-level maps rather than a Python loop
@@ -185,7 +248,11 @@ class Registry:
                 pass
         if values is None:
             values = [list(map(dict.get, attributes, repeat(name))) for name in self.names]
-        return [list(map(ids.get, column)) for ids, column in zip(self.ids, values)]
+        columns = [list(map(ids.get, column)) for ids, column in zip(self.ids, values)]
+        for i, column in enumerate(columns):
+            if self.full[i] and None in column:
+                columns[i] = [0 if v is None else v for v in column]
+        return columns
 
     def texts_of(self, columns: list[list[int]]) -> list[str]:
         """Each order's ",d:v,..." (the attributes part of its record), from its value ids."""
@@ -233,10 +300,10 @@ class ScriptBatch:
     """A batch ready for the script: its orders counted in the worker, its arguments packed.
 
     `prepare` does this for the next batch while the previous one runs in Redis; orders with a
-    value the worker has no registry id for yet are encoded in `apply`, after registering it.
+    value the worker has no registry id for yet are encoded by `encode`, after registering it.
     """
 
-    now: float
+    now: float  # the worker's clock (Redis-corrected, streams/clock.py) it was counted at
     orders: list[OrderEvent]  # first occurrence of each order_id in the batch
     contacts: list[ContactEvent]
     batch_duplicates: int  # later occurrences of an order_id in the batch
@@ -253,6 +320,10 @@ class ScriptBatch:
 
 
 class RedisState:
+    """The script's calls and their arguments and replies, and the worker's caches of the label
+    registries: value ids (`Registry`) and names (`Labels`), each under the registries' stamp
+    it was read at. A batch's script call is made by the worker's lane (streams/lane.py)."""
+
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
@@ -266,8 +337,9 @@ class RedisState:
                         str(self._fine_horizon),
                         str(pair_ttl(windows) if settings.rca_pairs else 0)]
         self._expire_tail = [str(int(settings.order_retention)),
-                             str(int(settings.contact_retention)),
-                             str(IDENTITY_SHARDS), str(SWEEP_SECONDS)]
+                             str(int(settings.contact_retention)), str(IDENTITY_SHARDS),
+                             str(sweep_period(settings.order_retention)),
+                             str(sweep_period(settings.contact_retention))]
         self._registry: Registry | None = None
         self._labels = Labels()
 
@@ -279,13 +351,15 @@ class RedisState:
 
     def prepare(self, orders: UniqueOrders, contacts: list[ContactEvent],
                 now: float, fetched_at: list[float] | None = None) -> ScriptBatch:
-        """Everything the batch needs before Redis, CPU only. `fetched_at`: when each contact
-        was fetched (its join grace runs from there; streams/hold.py), `now` if not given."""
+        """Everything the batch needs before Redis, CPU only. `now`: the worker's
+        Redis-corrected clock; `fetched_at`: when each contact was fetched, by that clock (its
+        join grace runs from there; streams/hold.py), `now` if not given."""
         flat: list = []
         for contact, fetched in zip(contacts, fetched_at or [now] * len(contacts), strict=True):
             order_id = contact.order_id or ""
             flat += (contact.contact_id, shard_of(contact.contact_id), repr(contact.occurred_at),
-                     contact.cause, order_id, shard_of(order_id) if order_id else "", fetched)
+                     contact.cause, order_id, shard_of(order_id) if order_id else "",
+                     max(0.0, now - fetched))
         batch = ScriptBatch(now, list(orders.first.values()), contacts, orders.duplicates,
                             orjson.dumps(flat))
         registry = self._registry
@@ -294,41 +368,37 @@ class RedisState:
             self._encode(batch, registry, columns)
         return batch
 
-    async def apply(self, batch: ScriptBatch) -> BatchResult:
-        """Count the batch's new orders and contacts, join, and park contacts whose order is
-        not here yet. Registers new label values first, and starts over if the registries were
-        reset meanwhile (the script then changed nothing)."""
-        while True:
-            registry = self._registry
-            if batch.encoded_with is not registry:  # encoded with ids of registries since reset
-                batch.orders_arg = None
-            if registry is None or (batch.orders and batch.orders_arg is None):
-                registry = self._registry = await self._register(batch.orders, registry)
-                if batch.orders:
-                    self._encode(batch, registry, provisional=True)
-            try:
-                reply = await self.script(args=self._batch_args(batch, registry.epoch))
-            except ResponseError as exc:
-                if not str(exc).startswith("STALE_REGISTRY"):
-                    raise
-                self._registry, batch.orders_arg = None, None
-                continue
-            return self._merge(self._parse(reply), batch)
+    async def encode(self, batch: ScriptBatch) -> Stamp:
+        """Make the batch's arguments hold ids of the registries as they are now, registering
+        values first if the worker lacks some; returns the stamp they belong to."""
+        registry = self._registry
+        if batch.encoded_with is not registry:  # encoded with ids of registries since reset
+            batch.orders_arg = None
+        if registry is None or (batch.orders and batch.orders_arg is None):
+            registry = self._registry = await self._register(batch.orders, registry)
+            if batch.orders:
+                self._encode(batch, registry, provisional=True)
+        return registry.stamp
 
-    async def apply_batch(
-        self, orders: list[OrderEvent], contacts: list[ContactEvent], now: float,
-        fetched_at: list[float] | None = None,
-    ) -> BatchResult:
-        """`prepare` and `apply` in one go."""
-        return await self.apply(self.prepare(self.unique_orders(orders), contacts, now,
-                                             fetched_at))
+    def registries_lost(self, stamp: Stamp | None) -> None:
+        """The script refused `stamp` (STALE_REGISTRY): Redis lost registrations. Every cached
+        name may now mean another value, and so may every id cached under that stamp (a cache
+        that has moved to a later stamp since is tried with it)."""
+        self._labels = Labels()
+        if self._registry is not None and self._registry.stamp == stamp:
+            self._registry = None
 
-    def _batch_args(self, batch: ScriptBatch, epoch: str) -> list[str | bytes]:
+    def batch_args(self, batch: ScriptBatch, stamp: Stamp, lane: str, seq: int,
+                   first: bool) -> list[str | bytes]:
         tally = batch.tally or Tally()
-        return ["batch", repr(batch.now), *self._common, str(int(self.settings.join_grace)),
-                str(self.settings.max_causes), epoch, batch.orders_arg or b"[]",
-                batch.contacts_arg, orjson.dumps(tally.script_arg()),
+        return ["batch", *self._common, repr(batch.now), str(int(self.settings.join_grace)),
+                str(self.settings.max_causes), *stamp, lane, str(seq), "1" if first else "0",
+                batch.orders_arg or b"[]", batch.contacts_arg, orjson.dumps(tally.script_arg()),
                 orjson.dumps({"p": tally.pairs}) if tally.pairs else b""]
+
+    def batch_result(self, reply: list, batch: ScriptBatch) -> BatchResult:
+        """The script's reply to a batch, with the worker's order counts added."""
+        return self._merge(self._parse(reply), batch)
 
     def _encode(self, batch: ScriptBatch, registry: Registry,
                 columns: list[list[int | None]] | None = None, provisional: bool = False) -> None:
@@ -368,17 +438,28 @@ class RedisState:
                 i = index.get(name)
                 if i is not None and value and (known is None or not known.known(name, value)):
                     new += (order.order_id, shard_of(order.order_id), i + 1, value)
-        return ["register", "0", *self._common, str(self.settings.max_values), str(len(dims)),
-                *dims, orjson.dumps(new)]
+        stamp = known.stamp if known is not None else ("", "")
+        return ["register", *self._common, str(self.settings.max_values), *stamp,
+                str(len(dims)), *dims, orjson.dumps(new)]
 
     async def _register(self, orders: list[OrderEvent], known: Registry | None) -> Registry:
-        """Register the values the cache lacks; returns the cache, with their ids."""
+        """Register the values the cache lacks; returns the cache, with their ids: `known`
+        grown if its stamp is still valid, else a new one."""
         dims = self.dimensions
-        epoch, dim_ids, flat = await self.script(args=self.register_args(orders, known))
-        registry = known if known is not None and known.epoch == epoch else Registry(
-            epoch, [int(d) for d in dim_ids], dims, self.settings.max_values,
-            OrderTally(sorted(int(d) for d in dim_ids), self.settings.max_values,
-                       self._fine_horizon, self._ttls, self.settings.rca_pairs))
+        version, token, valid, dim_ids, flat, full = await self.script(
+            args=self.register_args(orders, known))
+        if known is not None and int(valid):
+            registry = known
+            registry.stamp = (version, token)
+        else:
+            registry = Registry(
+                (version, token), [int(d) for d in dim_ids], dims, self.settings.max_values,
+                OrderTally(sorted(int(d) for d in dim_ids), self.settings.max_values,
+                           self._fine_horizon, self._ttls, self.settings.rca_pairs))
+        for dim, registered in zip(dims, full):
+            if registered:
+                registry.learn_full(dim, {str(registered[i]): int(registered[i + 1])
+                                          for i in range(0, len(registered), 2)})
         for i in range(0, len(flat), 3):
             registry.learn(dims[int(flat[i]) - 1], str(flat[i + 1]), int(flat[i + 2]))
         return registry
@@ -394,10 +475,11 @@ class RedisState:
         result.totals = {name: n for name, n in totals.items() if n}
         return result
 
-    async def expire_pending(self, now: float, limit: int = 5000) -> BatchResult:
-        """Turn contacts whose join grace has passed into `order_not_found`; safe on any worker."""
+    async def expire_pending(self, limit: int = 5000) -> BatchResult:
+        """Turn contacts whose join grace has passed (by Redis's clock) into `order_not_found`,
+        and sweep identities past their retention a page at a time; safe on any worker."""
         return self._parse(await self.script(
-            args=["expire", repr(now), *self._common, str(limit), *self._expire_tail]))
+            args=["expire", *self._common, str(limit), *self._expire_tail]))
 
     async def fold_pairs(self, limit: int = MAX_FOLD_ENTRIES) -> int:
         """Add the queued pair counts of many batches to the pair buckets; returns how many
@@ -421,47 +503,49 @@ class RedisState:
             flat += (start, len(counts))
             for name, n in counts.items():
                 flat += (name, n)
-        head_seq = entries[0].split("\n", 1)[0]
-        return int(await self.script(args=["fold", "0", *self._common, head_seq,
-                                           str(len(entries)), orjson.dumps(flat)]))
+        header = entries[0].split("\n", 1)[0]
+        return int(await self.script(args=["fold", *self._common, header, str(len(entries)),
+                                           orjson.dumps(flat)]))
 
     async def outbox_done(self, ids: list[str]) -> None:
         """Forget output records that Kafka has acknowledged."""
         if ids:
             await self.client.xdel(OUTBOX, *ids)
 
-    async def outbox_orphans(self, older_than: float, limit: int = 2000) -> BatchResult:
-        """Output records left by a crashed worker: older than `older_than` seconds (Redis clock)."""
+    async def outbox_orphans(self, older_than: float, limit: int = 2000) -> list[BatchResult]:
+        """Output records left by a crashed worker: older than `older_than` seconds (Redis
+        clock), one result per registry stamp they were written under."""
         seconds, micros = await self.client.time()
         cutoff_ms = int((seconds + micros / 1e6 - older_than) * 1000)
         entries = await self.client.xrange(OUTBOX, "-", str(cutoff_ms), count=limit)
-        result = BatchResult()
+        results: dict[str | None, BatchResult] = {}
         for outbox_id, fields in entries:
+            stamp = fields.get("s")  # entries of versions before 0.3 have none
+            result = results.get(stamp)
+            if result is None:
+                result = results[stamp] = BatchResult(
+                    stamp=tuple(stamp.split(" ", 1)) if stamp else None)  # type: ignore[arg-type]
             result.attributed += parse_attributed(fields["a"])
             result.unattributed += parse_unattributed(fields["u"])
             result.outbox_ids.append(outbox_id)
-        return result
+        return list(results.values())
 
     async def pending_count(self) -> int:
         return int(await self.client.zcard("cpo:pq"))
 
-    async def labels(self, result: BatchResult | None = None) -> Labels:
-        """The label registries, reloaded when `result` mentions an id not seen before."""
-        if result is not None:
-            causes = {a.cause_id for a in result.attributed}
-            causes.update(u.cause_id for u in result.unattributed)
-            causes.update(int(f.split(":")[1]) for f in result.totals
-                          if f.startswith(("c:", "a:", "u:")))
-            pairs = {p for a in result.attributed if a.values for p in a.values.split(",")}
-            pairs.update(_field_pair(f) for f in result.totals if f.startswith(("o:", "a:")))
-            if self._labels.knows(causes, pairs):
-                return self._labels
+    async def labels(self, result: BatchResult | None = None) -> Labels | None:
+        """Labels that name `result`'s ids: the cached ones, or the registries read again when
+        those do not (ids registered since, or Redis lost registrations). None when Redis no
+        longer has the registries the result's ids came from: a rollback lost them, and with
+        them that call's counts."""
+        if result is not None and self._labels.names(result.stamp):
+            return self._labels
         self._labels = await read_labels(self.client)
-        return self._labels
+        return self._labels if result is None or self._labels.names(result.stamp) else None
 
     @staticmethod
     def _parse(reply: list) -> BatchResult:
-        flat_totals, attributed, unattributed, pending, outbox_id = reply
+        flat_totals, attributed, unattributed, pending, outbox_id, version, token, now = reply
         totals = {flat_totals[i]: int(flat_totals[i + 1]) for i in range(0, len(flat_totals), 2)}
         return BatchResult(
             totals=totals,
@@ -469,6 +553,8 @@ class RedisState:
             unattributed=parse_unattributed(unattributed),
             pending=int(pending),
             outbox_ids=[outbox_id] if outbox_id else [],
+            stamp=(version, token),
+            redis_time=float(now),
         )
 
 
@@ -505,11 +591,6 @@ def parse_unattributed(text: str) -> list[Unattributed]:
             for i in range(0, len(flat), 4)]
 
 
-def _field_pair(field_name: str) -> str:
-    """'o:1:3' or 'a:2:1:3' -> '1:3'."""
-    return ":".join(field_name.split(":")[-2:])
-
-
 async def read_snapshot(client: aioredis.Redis, keys: Iterable[str] = ()
                         ) -> tuple[Labels, dict[str, dict[str, str]]]:
     """The label registries and the hashes at `keys` (a missing key reads as empty), as of one
@@ -521,6 +602,7 @@ async def read_snapshot(client: aioredis.Redis, keys: Iterable[str] = ()
     while True:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall("cpo:reg:dim")
+            pipe.hgetall("cpo:reg:stamp")
             pipe.hgetall("cpo:reg:cause")
             for dim_id in dims.values():
                 pipe.hgetall(f"cpo:reg:v:{dim_id}")
@@ -531,14 +613,15 @@ async def read_snapshot(client: aioredis.Redis, keys: Iterable[str] = ()
             break
         dims = replies[0]
     dimensions = {int(i): name for name, i in dims.items()}
-    causes = {int(i): name for name, i in replies[1].items()}
+    tokens = {version: token for version, token in replies[1].items() if version != "v"}
+    causes = {int(i): name for name, i in replies[2].items()}
     values = {
         (dim_id, int(i)): name
-        for dim_id, reply in zip(dimensions, replies[2:2 + len(dimensions)])
+        for dim_id, reply in zip(dimensions, replies[3:3 + len(dimensions)])
         for name, i in reply.items()
     }
-    hashes = dict(zip(unique_keys, replies[2 + len(dimensions):]))
-    return Labels(causes=causes, dimensions=dimensions, values=values), hashes
+    hashes = dict(zip(unique_keys, replies[3 + len(dimensions):]))
+    return Labels(causes=causes, dimensions=dimensions, values=values, tokens=tokens), hashes
 
 
 async def read_labels(client: aioredis.Redis) -> Labels:

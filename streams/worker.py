@@ -32,11 +32,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.hold import ContactHold
 from streams.kafka import faust_broker_settings, topic_max_message_bytes
+from streams.lane import DEPTH
 from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
-from streams.processor import PROBE_TIMEOUT_SECONDS, REDIS_TRANSIENT, BatchProcessor, Prepared
+from streams.processor import PROBE_TIMEOUT_SECONDS, BatchProcessor, Prepared
 from streams.settings import Settings, load_settings
-from streams.state import RedisState, connect
+from streams.state import REDIS_ERRORS, RedisState, connect
 
 log = logging.getLogger("streams.worker")
 EXPIRE_INTERVAL_SECONDS = 1.0
@@ -52,7 +53,7 @@ OUTBOX_ORPHAN_SECONDS = 60.0
 MAX_BATCHES_OUTPUTTING = 4
 # Script calls in flight at once: one runs in Redis, the next waits in Redis's queue, so Redis
 # goes from one batch to the next without waiting for the worker (bench/README, session 9).
-MAX_BATCHES_COUNTING = 2
+MAX_BATCHES_COUNTING = DEPTH
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
@@ -171,11 +172,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
     records of batch N and earlier go to Kafka (round trips). A batch's script call goes out
     as soon as the batch is decoded, even while the previous one still runs: Redis queues it
     and starts it the moment the previous one ends, instead of idling until the worker's event
-    loop has read that reply and sent the next. The calls run in any order (they usually run
-    in batch order), which the script allows: an order counted twice is taken back by whichever
-    call comes second, and a contact counted before its order waits for it in Redis. Outputs of
-    several batches run at once, in any order; offsets are committed in batch order, each only
-    after its batch's effects are durable. Counting a batch before the previous one is
+    loop has read that reply and sent the next. The calls are applied in batch order, whatever
+    fails in between (`streams/lane.py`): the first event of an order_id wins within a
+    partition. Outputs of several batches run at once, in any order; offsets are committed in
+    batch order, each only after its batch's effects are durable. Counting a batch before the previous one is
     committed is safe: after a crash both are redelivered, and the script's identities count
     nothing twice.
 
@@ -190,6 +190,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:
         processor: BatchProcessor = self.app.processor  # type: ignore[attr-defined]
         hold = processor.hold
+        lane = processor.new_lane()  # this loop's script calls, in batch order
         uncounted: deque[asyncio.Future] = deque()  # script calls not returned yet
         outputs: deque[asyncio.Future] = deque()  # output and commit of counted batches
         paused: set[TP] = set()  # contacts partitions paused here while contacts are held
@@ -219,7 +220,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await uncounted.popleft()
                 while len(outputs) >= MAX_BATCHES_OUTPUTTING:  # Kafka sets the pace too
                     await outputs.popleft()
-                counting = asyncio.ensure_future(processor.count(prepared))
+                counting = asyncio.ensure_future(processor.count(prepared, lane))
                 uncounted.append(counting)
                 previous = outputs[-1] if outputs else None
                 outputs.append(asyncio.ensure_future(
@@ -236,6 +237,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             for step in (*uncounted, *outputs):  # stopping: uncommitted batches are redelivered
                 if not step.done():
                     step.cancel()
+            await lane.close()
 
     def _orders_lags(self, assigned: set[TP], hold: ContactHold) -> dict[TP, int]:
         """Records not read yet per assigned orders partition, from the high watermark of the
@@ -356,8 +358,9 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
 
     @app.timer(PROBE_INTERVAL_SECONDS)
     async def probe_dependencies() -> None:
-        """Readiness follows Redis and Kafka even while no batch runs: one PING, one Metadata."""
-        await asyncio.gather(processor.probe("redis", processor.state.client.ping),
+        """Readiness follows Redis and Kafka even while no batch runs: one TIME (which also
+        keeps the worker's clock on Redis's), one Metadata."""
+        await asyncio.gather(processor.probe("redis", processor.sync_clock),
                              processor.probe("kafka", kafka_metadata))
         processor.metrics.ready.set(1 if processor.health.ready else 0)
 
@@ -367,7 +370,7 @@ def _add_timers(app: PipelineApp, settings: Settings) -> None:
         try:
             pending = await asyncio.wait_for(processor.state.pending_count(),
                                              PROBE_TIMEOUT_SECONDS)
-        except (*REDIS_TRANSIENT, TimeoutError):
+        except (*REDIS_ERRORS, TimeoutError):
             pass  # the probe reports the fault; the gauge keeps its last value meanwhile
         else:
             metrics.pending_contacts.set(pending)

@@ -6,60 +6,87 @@
 -- replayed batch a no-op: that is what makes counts exact under redelivery and concurrent
 -- workers. Keys are computed here, so this needs a single Redis (not Redis Cluster).
 --
+-- Time is Redis's (TIME), not the caller's: join deadlines, identity arrival and sweeps,
+-- and the fine-bucket horizon of contacts do not depend on a worker's clock. (Orders are
+-- counted by the worker, at its Redis-corrected clock `tally now`: a duplicate's counts are
+-- taken back by the same rule.)
+--
 -- Keys (prefix cpo:):
 --   o:<shard>        hash    order_id -> <contacted 0|1><arrival, s>,<order time, s>[,<d>:<v>...]
 --   c:<shard>        hash    contact_id -> <arrival, s> (dedup identity)
 --                            Shard = crc32(id) mod the shard count (the worker computes it).
 --                            Small hashes are listpacks, far smaller than a key per id; the
 --                            sweep deletes entries older than their retention (arrival time).
---   sweep            hash    next: next shard to sweep, at: when it was due
---   pq               zset    waiting contact -> join deadline (wall clock); the member is the
+--   sweep:<o|c>      hash    each kind's sweep: shard and HSCAN cursor it is at, when that
+--                            shard was due
+--   pq               zset    waiting contact -> join deadline (Redis time); the member is the
 --                            JSON [contact_id, cause id, contact time text, order_id]
---   pw               hash    order_id -> its waiting contacts' pq members, one per line (JSON
---                            has no raw newline); one HMGET per batch finds the arriving orders
---                            that have some
+--   pw               hash    order_id -> how many of its contacts wait (one HMGET per batch
+--                            finds the arriving orders that have some). Before 0.3 it held the
+--                            members themselves, newline-joined: moved to w: when next touched
+--   w:<order_id>     set     the pq members of the contacts waiting for that order: parking,
+--                            expiring and joining cost O(1) per contact however many wait
 --   reg:cause        hash    cause -> id (1..max-1; 0 is "other")
 --   reg:dim          hash    dimension -> id
 --   reg:v:<dim id>   hash    value -> id (1..max-1; 0 is "other")
---   reg:epoch        string  made with the registries; workers cache registry ids under it
+--   reg:stamp        hash    v -> the registries' version, <n> -> token of version n. A call
+--                            that registers a name adds a version with a new token (Redis
+--                            time). Workers cache ids under a stamp (version, token); the
+--                            stamp stays valid while the token of its version is unchanged, so
+--                            a lost Redis (flush) or a rollback (a crash under appendfsync
+--                            everysec, an RDB restore, a failover to a lagging replica) that
+--                            lost registrations is detected, even when the lost ids were given
+--                            to other names since
+--   lane:<id>        string  the sequence number of a worker's last batch call applied: a
+--                            worker's calls are applied in its order, never one before the one
+--                            sent ahead of it (first event wins, per partition)
 --   b:<res>:<start>  hash    event-time bucket: o, o:<d>:<v>, c:<c>, a:<c>:<d>:<v>, u:<c>:<n|f>, oc
 --   pb:<res>:<start> hash    pairs of attribute values (coarse only): p:<d>:<v>:<d>:<v>,
 --                            q:<c>:<d>:<v>:<d>:<v>, lower dimension id first
---   pbq              list    pair counts not yet in pb:*, one entry per batch: "<seq>" then
---                            JSON lines {"p": {start: {field: count}}, "q": [start, cause id,
---                            "d:v,d:v", ...]} (q: one joined contact, its pairs not expanded).
---                            Pairs are many distinct fields per batch (about ten times the
---                            single-value ones), so a worker folds the entries of many batches
---                            at once (RedisState.fold_pairs): it reads them, merges and expands
---                            them, and the fold call applies the sums and drops the entries if
---                            the list still starts with the entry it read. Pair buckets are up
---                            to a second or two behind the other counts.
+--   pbq              list    pair counts not yet in pb:*, one entry per batch: "<seq> <time>"
+--                            then JSON lines {"p": {start: {field: count}}, "q": [start, cause
+--                            id, "d:v,d:v", ...]} (q: one joined contact, its pairs not
+--                            expanded). Pairs are many distinct fields per batch (about ten
+--                            times the single-value ones), so a worker folds the entries of
+--                            many batches at once (RedisState.fold_pairs): it reads them,
+--                            merges and expands them, and the fold call applies the sums and
+--                            drops the entries if the list still starts with the entry it read
+--                            (the header's time tells an entry from one written after a
+--                            rollback under the same seq). Pair buckets are up to a second or
+--                            two behind the other counts.
 --   pbq:seq          string  the entries' sequence number
---   outbox           stream  one entry per call holding its output records (JSON), until
---                            Kafka has them: the worker deletes the entry after the produce
---                            is acknowledged; entries left by a crashed worker are produced
---                            again by any worker
+--   outbox           stream  one entry per call holding its output records (JSON) and the
+--                            stamp their ids belong to, until Kafka has them: the worker
+--                            deletes the entry after the produce is acknowledged; entries left
+--                            by a crashed worker are produced again by any worker
 --
 -- Orders are counted by the worker (streams/tally.py) as if every order of the batch were
 -- new; this script records their identities and takes back the counts of each order that
 -- turns out to be a duplicate. Contacts are counted here, since their counts need the join.
 --
--- ARGV: mode ("register" | "batch" | "expire"), now, fine res, coarse res, fine ttl,
+-- ARGV: mode ("register" | "batch" | "expire" | "fold"), fine res, coarse res, fine ttl,
 --   coarse ttl, fine horizon (seconds before now beyond which fine buckets are not written),
 --   pair ttl (0: pairs off), then
---   register: max values, n dims, dim names..., JSON [order_id, shard, dim index, value, ...]
+--   register: max values, stamp version, stamp token (the caller's, "" if none), n dims, dim
+--             names..., JSON [order_id, shard, dim index, value, ...]
 --             Registers the values of orders not already known (a duplicate takes no label
---             slot). Returns { epoch, dim ids, flat (dim index, value, value id) }.
---   batch:    grace, max causes, registry epoch, JSON orders [order_id, shard, record, ...],
---             JSON contacts [contact_id, shard, time text, cause, order_id or "",
---             order shard or "", fetched (epoch s: the join grace runs from here), ...],
+--             slot). Returns { version, token, caller's stamp valid 0|1, dim ids, flat (dim
+--             index, value, value id), per dim index its whole registry (flat value, id) if it
+--             is full, else empty }.
+--   batch:    tally now, grace, max causes, stamp version, stamp token, lane, seq, first
+--             (1: the lane starts here), JSON orders [order_id, shard, record, ...], JSON
+--             contacts [contact_id, shard, time text, cause, order_id or "", order shard or "",
+--             age (seconds since the worker fetched it: the join grace runs from there), ...],
 --             JSON order counts [key, ttl, n, field, count, ...],
 --             JSON order pair counts {start: {field: count}} or ""
---             Fails with STALE_REGISTRY, changing nothing, if the epoch is not the registries'.
---   expire:   limit, order retention, contact retention, shards, sweep seconds
---   fold:     seq of the first pbq entry read, entries read, JSON [start, n, field, count, ...]
---             Returns the entries folded (0 if another worker folded them first).
--- batch and expire return { totals, attributed, unattributed, pending, outbox id or "" }:
+--             Fails, changing nothing, with OUT_OF_ORDER if the lane's previous call is not
+--             applied, or STALE_REGISTRY if the stamp is not valid any more.
+--   expire:   limit, order retention, contact retention, shards, order sweep period, contact
+--             sweep period
+--   fold:     header of the first pbq entry read, entries read, JSON [start, n, field, count,
+--             ...]. Returns the entries folded (0 if another worker folded them first).
+-- batch and expire return { totals, attributed, unattributed, pending, outbox id or "",
+--   stamp version, stamp token, Redis time }:
 --   totals       flat field, count pairs of what this call counted, summed over coarse buckets
 --                (the worker adds its order counts), plus "do" / "dc" for duplicate orders /
 --                contacts
@@ -67,16 +94,18 @@
 --                "d:v,d:v"), or "" when the call counted no contact (an empty list is "{}")
 --   unattributed JSON flat (contact_id, cause id, reason "n" | "f", contact time), or ""
 --   pending      contacts that started waiting for their order in this call
+--   stamp        of the registries after the call: every id in the reply is theirs
 -- Hot path: field names are built once per call and cached, and every count goes to a
 -- per-bucket Lua table first, so Redis sees one HINCRBY per distinct field and bucket.
 
 local mode = ARGV[1]
-local now = tonumber(ARGV[2])
-local fine_res, coarse_res = tonumber(ARGV[3]), tonumber(ARGV[4])
-local fine_ttl, coarse_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
-
-local fine_horizon = tonumber(ARGV[7])  -- older events are never read from fine buckets
-local pair_ttl = tonumber(ARGV[8])  -- 0: attribute-value pairs are not counted
+local fine_res, coarse_res = tonumber(ARGV[2]), tonumber(ARGV[3])
+local fine_ttl, coarse_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local fine_horizon = tonumber(ARGV[6])  -- older events are never read from fine buckets
+local pair_ttl = tonumber(ARGV[7])  -- 0: attribute-value pairs are not counted
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local time_text = clock[1] .. '.' .. clock[2]
 local fine_buckets, coarse_buckets = {}, {}  -- bucket start -> field -> count
 local pair_buckets = {}  -- coarse bucket start -> pair field -> count
 local joined_pairs = {}  -- flat (coarse bucket start, cause, 'd:v,...') of joined contacts
@@ -87,7 +116,9 @@ local unattributed = {}
 local pending = 0
 local floor = math.floor
 local arrival = string.format('%d', now)
-local MAX_SWEEP_SHARDS = 256  -- per call: a sweep that fell behind catches up over calls
+local STAMP = 'cpo:reg:stamp'
+local SWEEP_ENTRIES = 5000  -- identities examined per call and kind ...
+local SWEEP_SHARDS = 256  -- ... and identity shards visited: a sweep behind catches up over calls
 
 -- t[k], created empty on first use.
 local function table_at(t, k)
@@ -99,14 +130,16 @@ local function table_at(t, k)
   return v
 end
 
--- The fine and coarse count tables of event time t.
-local function buckets(t)
+-- The fine and coarse count tables of event time t; `cut` is the time before which events
+-- skip the fine buckets.
+local function buckets(t, cut)
   local fine = discard
-  if t >= now - fine_horizon then
+  if t >= cut then
     fine = table_at(fine_buckets, floor(t / fine_res) * fine_res)
   end
   return fine, table_at(coarse_buckets, floor(t / coarse_res) * coarse_res)
 end
+local fine_cut = now - fine_horizon
 
 -- The start of t's coarse bucket, as text (the pair queue's JSON keys are strings).
 local function coarse_start(t)
@@ -159,13 +192,14 @@ local function parse_order(record)
   return string.match(record, '^.%d+,(%-?%d+),?(.*)$')
 end
 
--- Take back the worker's counts of an order that was already known.
-local function uncount_order(record)
+-- Take back the worker's counts of an order that was already known: the worker counted it
+-- at its clock `tally_now`, so the same rule decides which buckets.
+local function uncount_order(record, tally_cut)
   local order_time, attrs = parse_order(record)
   local pairs_ = {}
   for pair in string.gmatch(attrs, '[^,]+') do pairs_[#pairs_ + 1] = pair end
   local t = tonumber(order_time)
-  local fine, coarse = buckets(t)
+  local fine, coarse = buckets(t, tally_cut)
   add(fine, coarse, 'o', -1)
   for _, pair in ipairs(pairs_) do add(fine, coarse, 'o:' .. pair, -1) end
   if pair_ttl > 0 then add_pairs(t, 'p:', pairs_, -1) end
@@ -174,7 +208,7 @@ end
 -- Attribute a contact to its order record (stored at key, field order_id); returns the record
 -- with the contacted flag set.
 local function attribute(contact_id, cause, t, t_text, order_id, key, record)
-  local fine, coarse = buckets(t)
+  local fine, coarse = buckets(t, fine_cut)
   local order_time, attrs = parse_order(record)
   for pair in string.gmatch(attrs, '[^,]+') do add(fine, coarse, field('a:', cause, pair), 1) end
   if pair_ttl > 0 and string.find(attrs, ',', 1, true) then
@@ -199,7 +233,7 @@ local function attribute(contact_id, cause, t, t_text, order_id, key, record)
 end
 
 local function unattribute(contact_id, cause, t, t_text, reason)
-  local fine, coarse = buckets(t)
+  local fine, coarse = buckets(t, fine_cut)
   add(fine, coarse, field('u:', cause, reason), 1)
   local n = #unattributed
   unattributed[n + 1] = contact_id
@@ -227,6 +261,30 @@ local function in_parts(command, key, args)
   return replies
 end
 
+-- The registries' stamp: whether (version, token) is still theirs, and the current one (made,
+-- at version 0, for new registries).
+local function stamp_valid(version, token)
+  return version ~= '' and redis.call('HGET', STAMP, version) == token
+end
+local function current_stamp()
+  local version = redis.call('HGET', STAMP, 'v')
+  if not version then
+    redis.call('HSET', STAMP, 'v', 0, '0', time_text)
+    return '0', time_text
+  end
+  return version, redis.call('HGET', STAMP, version)
+end
+local registered = false  -- whether this call gave a name an id: a new version at the end
+local function bump_stamp()
+  local version, token = current_stamp()
+  if registered then
+    version = tostring(redis.call('HINCRBY', STAMP, 'v', 1))
+    token = time_text
+    redis.call('HSET', STAMP, version, token)
+  end
+  return version, token
+end
+
 -- Bounded label registry: the first max-1 names get ids 1.., the rest fold into 0 ("other").
 local registry_cache = {}
 local function registry_id(key, name, max)
@@ -241,6 +299,7 @@ local function registry_id(key, name, max)
     if size < max - 1 then
       id = size + 1
       redis.call('HSET', key, name, id)
+      registered = true
     else
       id = 0
     end
@@ -250,16 +309,12 @@ local function registry_id(key, name, max)
 end
 
 local function register()
-  local max_values, n_dims = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local epoch = redis.call('GET', 'cpo:reg:epoch')
-  if not epoch then
-    local time = redis.call('TIME')
-    epoch = time[1] .. '.' .. time[2]
-    redis.call('SET', 'cpo:reg:epoch', epoch)
-  end
+  local max_values = tonumber(ARGV[8])
+  local valid = stamp_valid(ARGV[9], ARGV[10]) and 1 or 0
+  local n_dims = tonumber(ARGV[11])
   local dim_ids = {}
-  for d = 1, n_dims do dim_ids[d] = registry_id('cpo:reg:dim', ARGV[10 + d], 1e9) end
-  local A = cjson.decode(ARGV[11 + n_dims])
+  for d = 1, n_dims do dim_ids[d] = registry_id('cpo:reg:dim', ARGV[11 + d], 1e9) end
+  local A = cjson.decode(ARGV[12 + n_dims])
   local ids = {}
   for i = 1, #A, 4 do
     if redis.call('HEXISTS', 'cpo:o:' .. A[i + 1], A[i]) == 0 then
@@ -270,15 +325,39 @@ local function register()
       ids[n + 3] = registry_id('cpo:reg:v:' .. dim, A[i + 3], max_values)
     end
   end
-  return { epoch, dim_ids, ids }
+  local full = {}  -- a full registry goes whole: the worker then needs no entry per other value
+  for d = 1, n_dims do
+    local key = 'cpo:reg:v:' .. dim_ids[d]
+    full[d] = redis.call('HLEN', key) >= max_values - 1 and redis.call('HGETALL', key) or {}
+  end
+  local version, token = bump_stamp()
+  return { version, token, valid, dim_ids, ids, full }
+end
+
+-- Contacts waiting for one order: their number in cpo:pw, their pq members in cpo:w:<order_id>.
+local function waiting_key(order_id) return 'cpo:w:' .. order_id end
+
+-- The waiting count of `order_id` from its cpo:pw field `value`, moving a list an earlier
+-- version left there (its members, newline-joined) into the order's set first.
+local function waiting_count(order_id, value)
+  if string.sub(value, 1, 1) ~= '[' then return tonumber(value) end
+  local members = lines(value)
+  in_parts('SADD', waiting_key(order_id), members)
+  redis.call('HSET', 'cpo:pw', order_id, #members)
+  return #members
 end
 
 local function apply_batch()
-  local grace, max_causes = tonumber(ARGV[9]), tonumber(ARGV[10])
-  if redis.call('GET', 'cpo:reg:epoch') ~= ARGV[11] then
-    return false
+  local tally_now, grace, max_causes = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+  local lane, seq = 'cpo:lane:' .. ARGV[13], tonumber(ARGV[14])
+  if ARGV[15] ~= '1' and seq > tonumber(redis.call('GET', lane) or '0') + 1 then
+    return 'OUT_OF_ORDER the worker\'s previous batch is not applied'
   end
-  local O, C = cjson.decode(ARGV[12]), cjson.decode(ARGV[13])
+  if not stamp_valid(ARGV[11], ARGV[12]) then
+    return 'STALE_REGISTRY the label registries were reset or rolled back'
+  end
+  local O, C = cjson.decode(ARGV[16]), cjson.decode(ARGV[17])
+  local tally_cut = tally_now - fine_horizon
 
   local waiting = {}
   if #O > 0 and redis.call('EXISTS', 'cpo:pw') == 1 then
@@ -289,8 +368,15 @@ local function apply_batch()
   for i = 1, #O, 3 do
     local order_id, key, record = O[i], 'cpo:o:' .. O[i + 1], O[i + 2]
     if redis.call('HSETNX', key, order_id, record) == 1 then
-      if waiting[(i + 2) / 3] then
-        local members = lines(waiting[(i + 2) / 3])
+      local value = waiting[(i + 2) / 3]
+      if value then
+        local members
+        if string.sub(value, 1, 1) == '[' then
+          members = lines(value)
+        else
+          members = redis.call('SMEMBERS', waiting_key(order_id))
+          redis.call('DEL', waiting_key(order_id))
+        end
         for _, member in ipairs(members) do
           local c = cjson.decode(member)
           record = attribute(c[1], c[2], tonumber(c[3]), c[3], order_id, key, record)
@@ -300,7 +386,7 @@ local function apply_batch()
       end
     else
       duplicates['do'] = (duplicates['do'] or 0) + 1
-      uncount_order(record)
+      uncount_order(record, tally_cut)
     end
   end
 
@@ -312,7 +398,7 @@ local function apply_batch()
       if cause_name ~= 'other' and cause_name ~= 'all' then
         cause = registry_id('cpo:reg:cause', cause_name, max_causes)
       end
-      local fine, coarse = buckets(t)
+      local fine, coarse = buckets(t, fine_cut)
       add(fine, coarse, field('c:', cause), 1)
       if order_id == '' then
         unattribute(contact_id, cause, t, t_text, 'n')
@@ -323,9 +409,11 @@ local function apply_batch()
           attribute(contact_id, cause, t, t_text, order_id, key, record)
         else
           local member = cjson.encode({ contact_id, cause, t_text, order_id })
-          redis.call('ZADD', 'cpo:pq', C[i + 6] + grace, member)
-          local members = redis.call('HGET', 'cpo:pw', order_id)
-          redis.call('HSET', 'cpo:pw', order_id, members and (members .. '\n' .. member) or member)
+          redis.call('ZADD', 'cpo:pq', now + grace - tonumber(C[i + 6]), member)
+          local value = redis.call('HGET', 'cpo:pw', order_id)
+          if value then waiting_count(order_id, value) end
+          redis.call('SADD', waiting_key(order_id), member)
+          redis.call('HINCRBY', 'cpo:pw', order_id, 1)
           pending = pending + 1
         end
       end
@@ -335,7 +423,7 @@ local function apply_batch()
   end
 
   -- The worker's order counts, before the script's own (which may take some back).
-  local D = cjson.decode(ARGV[14])
+  local D = cjson.decode(ARGV[18])
   local i = 1
   while i <= #D do
     local key, ttl, n = D[i], D[i + 1], D[i + 2]
@@ -343,16 +431,19 @@ local function apply_batch()
     redis.call('EXPIRE', key, ttl)
     i = i + 3 + 2 * n
   end
-  return true
+  if seq > tonumber(redis.call('GET', lane) or '0') then
+    redis.call('SET', lane, seq, 'EX', 86400)
+  end
+  return nil
 end
 
 -- Add a worker's sums of the first `count` pbq entries, unless another worker did already.
 local function fold_pairs()
   local head = redis.call('LINDEX', 'cpo:pbq', 0)
-  if not head or string.match(head, '^%d+') ~= ARGV[9] then return 0 end
-  local count = tonumber(ARGV[10])
+  if not head or string.match(head, '^[^\n]*') ~= ARGV[8] then return 0 end
+  local count = tonumber(ARGV[9])
   redis.call('LTRIM', 'cpo:pbq', count, -1)
-  local D = cjson.decode(ARGV[11])
+  local D = cjson.decode(ARGV[10])
   local i = 1
   while i <= #D do
     local key, n = 'cpo:pb:' .. coarse_res .. ':' .. D[i], D[i + 1]
@@ -365,59 +456,54 @@ local function fold_pairs()
   return count
 end
 
--- Forget the identities of one shard that arrived before the cutoff.
-local function forget_before(key, cutoff, pattern)
-  local entries = redis.call('HGETALL', key)
-  local old = {}
-  for i = 1, #entries, 2 do
-    if tonumber(string.match(entries[i + 1], pattern)) < cutoff then old[#old + 1] = entries[i] end
-  end
-  in_parts('HDEL', key, old)
-end
-
--- Every shard of the identity hashes is swept once per sweep period, a few shards per call,
--- whichever worker calls: an identity is kept from its retention to its retention + the period.
-local function sweep(order_retention, contact_retention, shards, period)
-  local state = redis.call('HMGET', 'cpo:sweep', 'next', 'at')
-  local next_shard, at = tonumber(state[1]), tonumber(state[2])
+-- One kind's identity sweep ('o' or 'c', entries whose arrival matches `pattern`): each shard
+-- is visited once per `period`, page by page (HSCAN), whichever worker calls; an identity is
+-- kept from its retention to its retention + the period. A sweep more than a period behind (no
+-- worker called) owes one round, not several: its clock is moved to a period ago.
+local function sweep(kind, pattern, retention, shards, period)
+  local budget, keys = SWEEP_ENTRIES, SWEEP_SHARDS
+  local state_key = 'cpo:sweep:' .. kind
+  local state = redis.call('HMGET', state_key, 'shard', 'cursor', 'at')
+  local shard, cursor, at = tonumber(state[1]), state[2], tonumber(state[3])
   if not at then
-    redis.call('HSET', 'cpo:sweep', 'next', 0, 'at', now)
+    redis.call('HSET', state_key, 'shard', 0, 'cursor', '0', 'at', now)
     return
   end
-  local due = math.min(floor((now - at) / period * shards), MAX_SWEEP_SHARDS)
-  if due < 1 then return end
-  for s = next_shard, next_shard + due - 1 do
-    local shard = s % shards
-    forget_before('cpo:o:' .. shard, now - order_retention, '^.(%d+)')
-    forget_before('cpo:c:' .. shard, now - contact_retention, '^(%d+)')
+  at = math.max(at, now - period)
+  local step = period / shards
+  local cutoff = now - retention
+  while budget > 0 and keys > 0 and now - at >= step do
+    local key = 'cpo:' .. kind .. ':' .. shard
+    local reply = redis.call('HSCAN', key, cursor, 'COUNT', math.min(budget, 1000))
+    local entries, old = reply[2], {}
+    for j = 1, #entries, 2 do
+      if tonumber(string.match(entries[j + 1], pattern)) < cutoff then old[#old + 1] = entries[j] end
+    end
+    in_parts('HDEL', key, old)
+    budget, keys, cursor = budget - #entries / 2, keys - 1, reply[1]
+    if cursor == '0' then
+      shard, at = (shard + 1) % shards, at + step
+    end
   end
-  redis.call('HSET', 'cpo:sweep', 'next', (next_shard + due) % shards,
-             'at', string.format('%.3f', at + due * period / shards))
+  redis.call('HSET', state_key, 'shard', shard, 'cursor', cursor, 'at', string.format('%.3f', at))
 end
 
 -- Contacts whose join grace has passed are counted as unattributed (order_not_found).
 local function expire_pending()
-  local limit = tonumber(ARGV[9])
-  sweep(tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+  local limit, shards = tonumber(ARGV[8]), tonumber(ARGV[11])
+  sweep('o', '^.(%d+)', tonumber(ARGV[9]), shards, tonumber(ARGV[12]))
+  sweep('c', '^(%d+)', tonumber(ARGV[10]), shards, tonumber(ARGV[13]))
   local due = redis.call('ZRANGEBYSCORE', 'cpo:pq', '-inf', now, 'LIMIT', 0, limit)
-  if #due == 0 then return end
-  local expired = {}  -- order_id -> set of its expired members
   for _, member in ipairs(due) do
     local c = cjson.decode(member)
+    local order_id = c[4]
     unattribute(c[1], c[2], tonumber(c[3]), c[3], 'f')
-    table_at(expired, c[4])[member] = true
-  end
-  for order_id, gone in pairs(expired) do
-    local members = redis.call('HGET', 'cpo:pw', order_id)
-    if members then
-      local left = {}
-      for _, member in ipairs(lines(members)) do
-        if not gone[member] then left[#left + 1] = member end
-      end
-      if #left == 0 then
+    local value = redis.call('HGET', 'cpo:pw', order_id)
+    if value then
+      waiting_count(order_id, value)
+      if redis.call('SREM', waiting_key(order_id), member) == 1
+          and redis.call('HINCRBY', 'cpo:pw', order_id, -1) <= 0 then
         redis.call('HDEL', 'cpo:pw', order_id)
-      else
-        redis.call('HSET', 'cpo:pw', order_id, table.concat(left, '\n'))
       end
     end
   end
@@ -429,9 +515,8 @@ if mode == 'register' then
 elseif mode == 'fold' then
   return fold_pairs()
 elseif mode == 'batch' then
-  if not apply_batch() then
-    return redis.error_reply('STALE_REGISTRY the label registries were reset')
-  end
+  local refused = apply_batch()
+  if refused then return redis.error_reply(refused) end
 elseif mode == 'expire' then
   expire_pending()
 else
@@ -457,27 +542,28 @@ local function flush(tables, prefix, ttl, sum)
 end
 flush(fine_buckets, 'cpo:b:' .. fine_res .. ':', fine_ttl, false)
 flush(coarse_buckets, 'cpo:b:' .. coarse_res .. ':', coarse_ttl, true)
--- This call's pair counts: the worker's (ARGV[15], orders) and the script's (joined contacts,
+-- This call's pair counts: the worker's (ARGV[19], orders) and the script's (joined contacts,
 -- duplicates taken back), as one pbq entry.
 if mode == 'batch' then
   local own = {}
   if next(pair_buckets) ~= nil then own.p = pair_buckets end
   if #joined_pairs > 0 then own.q = joined_pairs end
-  local entry = { '', ARGV[15] }
+  local entry = { '', ARGV[19] }
   if next(own) ~= nil then entry[3] = cjson.encode(own) end
   if entry[2] ~= '' or entry[3] then
-    entry[1] = redis.call('INCR', 'cpo:pbq:seq')
+    entry[1] = redis.call('INCR', 'cpo:pbq:seq') .. ' ' .. time_text
     redis.call('RPUSH', 'cpo:pbq', table.concat(entry, '\n'))
   end
 end
 
 -- The counted contacts go out as the JSON held in the outbox entry: one string each, parsed
--- by the worker in one call, not a reply element per value.
+-- by the worker in one call, not a reply element per value; with the stamp that names them.
+local version, token = bump_stamp()
 local outbox_id, attributed_json, unattributed_json = '', '', ''
 if #attributed > 0 or #unattributed > 0 then
   attributed_json, unattributed_json = cjson.encode(attributed), cjson.encode(unattributed)
   outbox_id = redis.call('XADD', 'cpo:outbox', '*', 'a', attributed_json,
-                         'u', unattributed_json)
+                         'u', unattributed_json, 's', version .. ' ' .. token)
 end
 
 local flat_totals = {}
@@ -487,4 +573,5 @@ for name, n in pairs(totals) do
     flat_totals[#flat_totals + 1] = tostring(n)
   end
 end
-return { flat_totals, attributed_json, unattributed_json, pending, outbox_id }
+return { flat_totals, attributed_json, unattributed_json, pending, outbox_id, version, token,
+         time_text }

@@ -172,7 +172,8 @@ def check_outputs(settings: Settings, data: reference.Dataset, expected: referen
         records[value["contact_id"]] = value
     if exactly_once:
         assert len(out) == len(expected.outputs)
-    assert set(records) == set(expected.outputs)
+    missing, extra = set(expected.outputs) - set(records), set(records) - set(expected.outputs)
+    assert not missing and not extra, (len(missing), sorted(missing)[:5], sorted(extra)[:5])
     for contact_id, want in expected.outputs.items():
         got = records[contact_id]
         assert {k: got.get(k) for k in want} == want, contact_id

@@ -4,6 +4,7 @@ independent computation, with and without a worker killed (SIGKILL) mid-stream a
 
 from __future__ import annotations
 
+import glob
 import math
 import threading
 import time
@@ -43,7 +44,8 @@ def settings(pipeline_settings: Settings) -> Settings:
     return dataset_settings(pipeline_settings, GRACE)
 
 
-def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> None:
+def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool,
+                 worker_env: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> None:
     now = time.time()
     data = reference.generate(now)
     assert reference.window_edges_are_clear(data, now, horizon=300)
@@ -52,7 +54,8 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
 
     with Pipeline(settings, tmp_path) as pipeline:
         ports = [free_port(), free_port()]
-        workers = [pipeline.worker(i, port) for i, port in enumerate(ports)]
+        workers = [pipeline.worker(i, port, env) for i, (port, env) in
+                   enumerate(zip(ports, worker_env))]
         exporter = pipeline.exporter(refresh=0.5)
         for child in [*workers, exporter]:
             child.wait_ready()
@@ -66,7 +69,7 @@ def run_pipeline(settings: Settings, tmp_path: Path, kill_mid_stream: bool) -> N
             workers[0].kill()
             assert count_identities(client, "o") < distinct_orders  # the kill was mid-stream
             time.sleep(1)
-            workers[0] = pipeline.worker(0, ports[0])
+            workers[0] = pipeline.worker(0, ports[0], worker_env[0])
         producer.join()
         wait_for(lambda: count_identities(client, "o"), distinct_orders, 120,
                    f"{distinct_orders} orders in Redis")
@@ -122,6 +125,23 @@ def test_two_workers_count_exactly(settings: Settings, tmp_path: Path) -> None:
 def test_counts_stay_exact_when_a_worker_is_killed_mid_stream(
         settings: Settings, tmp_path: Path) -> None:
     run_pipeline(settings, tmp_path, kill_mid_stream=True)
+
+
+def offset_clock(offset: str) -> dict[str, str]:
+    """The environment that runs a process with its wall clock `offset` ("+2h") from the
+    host's (libfaketime; monotonic clocks stay true, as NTP leaves them)."""
+    libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    assert libraries, "libfaketime is missing: run scripts/bootstrap (Debian package faketime)"
+    return {"LD_PRELOAD": libraries[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def test_workers_whose_clocks_are_off_count_exactly(settings: Settings, tmp_path: Path) -> None:
+    """One worker's clock two hours ahead, the other's 90 minutes behind (issue 21 item 8):
+    join deadlines, identity stamps and the fine-bucket horizon follow Redis's clock, so every
+    count and window is still exact (a worker's own clock would expire the other's waiting
+    contacts at once, reject events as from the future, or skip the fine buckets)."""
+    clocks = (offset_clock("+2h"), offset_clock("-90m"))
+    run_pipeline(settings, tmp_path, kill_mid_stream=False, worker_env=clocks)
 
 
 def event_time(record: tuple[str, bytes | None, bytes]) -> float:

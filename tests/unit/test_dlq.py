@@ -21,12 +21,12 @@ from streams.metrics import WorkerMetrics
 from streams.output import BatchSender, OutputRecord
 from streams.processor import (
     BatchProcessor,
-    FatalError,
     Prepared,
     dlq_record,
     record_bytes,
     shrink_dlq_record,
 )
+from streams.retry import FatalError
 from streams.settings import load_settings
 from streams.state import BatchResult
 

@@ -59,3 +59,21 @@ def test_count_turns_fields_into_labelled_counters() -> None:
         ("cpo_records_duplicate_total", (("topic", "contacts"),)): 10,
         ("cpo_contact_delay_seconds_count", (("cause", "late_delivery"),)): 2,
     }
+
+
+def test_counters_follow_new_labels_after_a_registry_reset() -> None:
+    """After Redis lost its registries, id 1 of carrier names another value: a counter child
+    cached under the old labels must not take the new counts (issue 21 item 4)."""
+    metrics = WorkerMetrics()
+    before = Labels(causes={1: "late"}, dimensions={1: "carrier"}, values={(1, 1): "acme"})
+    after = Labels(causes={1: "wismo"}, dimensions={1: "carrier"}, values={(1, 1): "bolt"})
+    metrics.count(BatchResult(totals={"o:1:1": 2, "c:1": 1}), before, ("orders", "contacts"))
+    metrics.count(BatchResult(totals={"o:1:1": 3, "c:1": 4}), after, ("orders", "contacts"))
+    got = {k: v for k, v in samples(metrics.registry).items()
+           if k[0] in ("cpo_orders_by_attribute_total", "cpo_contacts_total")}
+    assert got == {
+        ("cpo_orders_by_attribute_total", (("dimension", "carrier"), ("value", "acme"))): 2,
+        ("cpo_orders_by_attribute_total", (("dimension", "carrier"), ("value", "bolt"))): 3,
+        ("cpo_contacts_total", (("cause", "late"),)): 1,
+        ("cpo_contacts_total", (("cause", "wismo"),)): 4,
+    }
