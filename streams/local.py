@@ -20,6 +20,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -250,6 +252,16 @@ class EmbeddedRedis(_Server):
         """Stop and start again on the same port and dir, so an append-only file is reloaded."""
         self._halt()
         self.start(timeout)
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    """CPO_REDIS_URL when set, else the URL of an embedded redis-server for the block."""
+    if os.environ.get("CPO_REDIS_URL"):
+        yield os.environ["CPO_REDIS_URL"]
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
 
 
 def with_redis_db(url: str, db: int) -> str:

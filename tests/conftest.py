@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from streams.local import EmbeddedKafka, EmbeddedRedis, free_port, with_redis_db
+from streams import local
+from streams.local import EmbeddedKafka, free_port, with_redis_db
 from streams.settings import Settings, load_settings
 from streams.topics import create_topics
 
@@ -50,11 +51,8 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """URL of a Redis server: CPO_REDIS_URL, or an embedded redis-server."""
-    if os.environ.get("CPO_REDIS_URL"):
-        yield os.environ["CPO_REDIS_URL"]
-        return
-    with EmbeddedRedis() as redis_server:
-        yield redis_server.url
+    with local.redis_url() as url:
+        yield url
 
 
 @pytest.fixture
