@@ -125,6 +125,22 @@ class Rejection(msgspec.Struct, gc=False):
     event_id: str | None
 
 
+class UnreadableBatch(msgspec.Struct, frozen=True, gc=False):
+    """A fetched record batch whose records cannot be read (a corrupt compressed payload, an
+    unknown codec, a CRC mismatch), standing in for them among a partition's records: it goes
+    to the DLQ like a rejected record, and its offset (the batch's last) is committed, so the
+    partition moves on. `first_offset` is the first offset not read."""
+
+    first_offset: int
+    offset: int
+    error: str  # the exception, as "<type>: <message>"
+    key: None = None
+    value: None = None
+
+
+UNREADABLE_BATCH = Rejection("unreadable_batch", None)
+
+
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Cause = Annotated[str, Meta(min_length=1, max_length=MAX_CAUSE_CHARS)]
 # Names are not bounded here: a bound on dict keys costs msgspec its key cache, a third of the

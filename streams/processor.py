@@ -24,9 +24,11 @@ import numpy as np
 from streams.clock import RedisClock
 from streams.events import (
     OCCURRED_AT,
+    UNREADABLE_BATCH,
     ContactEvent,
     OrderEvent,
     Rejection,
+    UnreadableBatch,
     decode_contacts,
     decode_orders,
 )
@@ -228,8 +230,9 @@ class BatchProcessor:
                         for record, event in zip(run, decoded) if type(event) is ContactEvent]
                 contacts += kept
             if len(kept) < len(run):
-                rejected += [(source, record, event) for record, event in zip(run, decoded)
-                             if type(event) is Rejection]
+                rejected += [(source, record, unreadable(source, record)
+                              if type(record) is UnreadableBatch else event)
+                             for record, event in zip(run, decoded) if type(event) is Rejection]
         hold = self.hold
         for partition, time_read in latest.items():
             hold.read_orders((orders_topic, partition), time_read)
@@ -264,8 +267,9 @@ class BatchProcessor:
         so the caller may commit the batch's offsets."""
         rejected = prepared.rejected
         await self.emit(result)
-        for (topic, _), _, rejection in rejected:
-            self.metrics.rejected.labels(topic, rejection.reason).inc()
+        for (topic, _), record, rejection in rejected:
+            self.metrics.rejected.labels(topic, rejection.reason).inc(
+                record.offset - record.first_offset + 1 if rejection is UNREADABLE_BATCH else 1)
         if rejected:
             limit = await self.dlq_limit()
             dlq_records = [dlq_record(partition, record, rejection, limit)
@@ -349,6 +353,15 @@ class BatchProcessor:
         return records
 
 
+def unreadable(source: Partition, batch: UnreadableBatch) -> Rejection:
+    """The rejection of a record batch no worker can read, logged with where it is."""
+    log.warning("%s partition %d offsets %d-%d: a record batch that cannot be read (%s); "
+                "skipped, reported to the DLQ as unreadable_batch. Its records stay in the "
+                "topic: read them with a client that can, and produce them again",
+                source[0], source[1], batch.first_offset, batch.offset, batch.error)
+    return UNREADABLE_BATCH
+
+
 def record_bytes(record: OutputRecord) -> int:
     """An upper bound of the bytes `record` takes in a record batch of its own (uncompressed),
     what the broker compares with the topic's `max.message.bytes`."""
@@ -370,8 +383,13 @@ def dlq_record(source: Partition, record: Record, rejection: Rejection,
         ("cpo-error-reason", rejection.reason.encode()),
         ("cpo-source-topic", topic.encode()),
         ("cpo-source-partition", str(partition).encode()),
-        ("cpo-source-offset", str(record.offset).encode()),
     ]
+    if type(record) is UnreadableBatch:  # no bytes to carry: where they are, and the error
+        headers += [("cpo-source-offset", str(record.first_offset).encode()),
+                    ("cpo-source-offset-last", str(record.offset).encode()),
+                    ("cpo-error-detail", record.error.encode())]
+    else:
+        headers.append(("cpo-source-offset", str(record.offset).encode()))
     if rejection.event_id:
         headers.append(("cpo-event-id", rejection.event_id.encode()))
     out: OutputRecord = (record.key, record.value or b"", headers)

@@ -15,9 +15,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import sys
 from collections import deque
 from collections.abc import Iterator
-from itertools import dropwhile, islice
+from itertools import chain, dropwhile, islice
 from typing import Any
 
 import aiokafka
@@ -30,8 +31,14 @@ from faust.types import TP
 from kafka.errors import KafkaError as KafkaPythonError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.events import UnreadableBatch
 from streams.hold import ContactHold
-from streams.kafka import faust_broker_settings, topic_max_message_bytes
+from streams.kafka import (
+    compression_type,
+    faust_broker_settings,
+    missing_codecs,
+    topic_max_message_bytes,
+)
 from streams.lane import DEPTH
 from streams.metrics import WorkerMetrics
 from streams.output import BatchSender
@@ -65,7 +72,9 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
     a record made anew cost that thread 0.1 µs more (bench/README, session 10).
     The worker's consumer has no deserializers (Faust deserializes, and here nobody does) and
     reads uncommitted, so no transaction markers are to be applied; control batches are
-    skipped, as aiokafka does."""
+    skipped, as aiokafka does. A record batch that cannot be read is handed out as one
+    `UnreadableBatch` (streams/events.py) instead of raising, which would crash every worker
+    that takes over the partition."""
 
     def __init__(self, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int,
                  key_deserializer: Any, value_deserializer: Any, check_crcs: bool,
@@ -84,10 +93,18 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
         a batch stays in its buffer. `next_fetch_offset` follows them."""
         taken: list[Any] = []
         while limit is None or len(taken) < limit:
-            if self._batch is None and not self._next_batch():
+            if self._batch is None and not self._next_batch(taken):
                 break
+            if self._batch is None:  # unreadable: stood in for in `taken`
+                continue
             wanted = None if limit is None else limit - len(taken)
-            records = list(islice(self._batch, wanted))  # type: ignore[arg-type]
+            try:
+                records = list(islice(self._batch, wanted))
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (the payload's bytes: every try fails alike)
+                self._unreadable(taken, self._batch_end, exc)
+                continue
             taken += records
             if wanted is None or len(records) < wanted:  # the batch is done
                 self._batch = None
@@ -96,22 +113,35 @@ class LightPartitionRecords(aiokafka_fetcher.PartitionRecords):
                 self.next_fetch_offset = records[-1].offset + 1
         return taken
 
-    def _next_batch(self) -> bool:
+    def _next_batch(self, taken: list[Any]) -> bool:
         """Open the next record batch that is not a control batch, from `next_fetch_offset` on
-        (a fetch may start inside its first batch)."""
+        (a fetch may start inside its first batch); False when there is none. A batch whose CRC
+        is wrong is not opened: it is put in `taken` as unreadable."""
         records = self._records
         while records.has_next():
             batch = records.next_batch()
             if self._check_crcs and not batch.validate_crc():
-                raise KafkaCorruptRecord(f"Invalid CRC - {self._tp}")
+                self._unreadable(taken, batch.next_offset, KafkaCorruptRecord("invalid CRC"))
+                return True
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
             start = self.next_fetch_offset
-            self._batch = dropwhile(lambda record, start=start: record.offset < start, batch)
+            # chain: the batch is decompressed at the first record taken, in `take`'s guard
+            self._batch = dropwhile(lambda record, start=start: record.offset < start,
+                                    chain.from_iterable((batch,)))
             self._batch_end = batch.next_offset
             return True
         return False
+
+    def _unreadable(self, taken: list[Any], batch_end: int, exc: Exception) -> None:
+        """The rest of the current batch cannot be read (decompressed, parsed, or its CRC
+        checked): one UnreadableBatch stands in for it in `taken`, and the records go on after
+        it (a batch the worker cannot read must not stop its partition)."""
+        taken.append(UnreadableBatch(self.next_fetch_offset, batch_end - 1,
+                                           f"{type(exc).__name__}: {exc}"))
+        self._batch = None
+        self.next_fetch_offset = batch_end
 
     def __next__(self) -> Any:
         taken = self.take(1)
@@ -312,6 +342,7 @@ def create_app(settings: Settings) -> PipelineApp:
         producer_max_batch_size=1024 * 1024,
         producer_max_request_size=16 * 1024 * 1024,  # DLQ records are cut to the DLQ's limit
         producer_acks=-1,
+        producer_compression_type=compression_type(settings),
         topic_allow_declare=False,
         topic_partitions=settings.partitions,
         web_enabled=True,
@@ -428,6 +459,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {"metrics_port": str(args.metrics_port)} if args.metrics_port else {}
     settings = load_settings(**overrides)
+    missing = missing_codecs()
+    if missing:
+        print(f"cpo worker: cannot read {', '.join(missing)}-compressed record batches: install "
+              "the package's dependencies (pip install cramjam python-snappy lz4 zstandard)",
+              file=sys.stderr)
+        return 2
     use_light_records()
     app = create_app(settings)
     tune_garbage_collector()

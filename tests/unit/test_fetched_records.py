@@ -15,6 +15,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
+from streams.events import UnreadableBatch
 from streams.settings import load_settings
 from streams.worker import (
     FETCH_MAX_WAIT_MS,
@@ -28,12 +29,13 @@ TP = TopicPartition("cpo.orders", 3)
 READ_UNCOMMITTED = 0
 
 
-def record_batches(first_offset: int, sizes: list[int]) -> bytes:
-    """Record batches as a fetch response holds them, with a None key and a None value."""
+def record_batches(first_offset: int, sizes: list[int], codec: int = 0) -> bytes:
+    """Record batches as a fetch response holds them, with a None key and a None value, each
+    compressed with `codec` (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)."""
     data, offset = b"", first_offset
     for size in sizes:
         builder = DefaultRecordBatchBuilder(
-            magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+            magic=2, compression_type=codec, is_transactional=0, producer_id=-1,
             producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
         for i in range(size):
             key = None if offset % 7 == 0 else b"o-%d" % offset
@@ -44,12 +46,20 @@ def record_batches(first_offset: int, sizes: list[int]) -> bytes:
     return data
 
 
+def with_attributes(batch: bytes, set_bits: int, clear_bits: int = 0) -> bytes:
+    """The record batch with attribute bits set and cleared, and its CRC redone."""
+    attributes = int.from_bytes(batch[21:23], "big") & ~clear_bits | set_bits
+    return with_crc_redone(batch[:21] + attributes.to_bytes(2, "big") + batch[23:])
+
+
+def with_crc_redone(batch: bytes) -> bytes:
+    return batch[:17] + calc_crc32c(batch[21:]).to_bytes(4, "big") + batch[21:]
+
+
 def as_control_batch(batch: bytes) -> bytes:
-    """The record batch with its control flag set (attributes bit 5) and its CRC redone, as a
-    transaction marker's batch: records a consumer must skip."""
-    attributes = int.from_bytes(batch[21:23], "big") | 0x20
-    body = attributes.to_bytes(2, "big") + batch[23:]
-    return batch[:17] + calc_crc32c(body).to_bytes(4, "big") + body
+    """The record batch with its control flag set (attributes bit 5), as a transaction
+    marker's batch: records a consumer must skip."""
+    return with_attributes(batch, 0x20)
 
 
 def fetched(cls: type, data: bytes, fetch_offset: int) -> list:
@@ -137,3 +147,36 @@ def test_the_broker_holds_an_empty_fetch_briefly() -> None:
             await consumer.stop()
 
     assert asyncio.run(wait_of_the_workers_consumer()) == FETCH_MAX_WAIT_MS < 1500
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_batches_in_every_codec_are_read(codec: int) -> None:
+    plain, compressed = record_batches(0, [30, 12]), record_batches(0, [30, 12], codec)
+    assert compressed != plain
+    assert [(r.offset, r.key, r.value) for r in fetched(LightPartitionRecords, compressed, 0)] == [
+        (r.offset, r.key, r.value) for r in fetched(LightPartitionRecords, plain, 0)]
+
+
+def test_an_unreadable_batch_stands_in_for_its_records_and_the_next_are_read() -> None:
+    """A corrupt compressed payload (CRC right), an unknown codec id and a CRC mismatch: each
+    batch becomes one UnreadableBatch naming its offsets and error, between the records of the
+    readable batches around it (issue 27: it used to raise, crashing every worker that took
+    over the partition)."""
+    snappy = record_batches(5, [5], codec=2)
+    corrupt = with_crc_redone(snappy[:70] + bytes(b ^ 0x5A for b in snappy[70:90]) + snappy[90:])
+    unknown_codec = with_attributes(record_batches(10, [5], codec=2), 5, clear_bits=0x07)
+    bad_crc = record_batches(15, [5])[:-1] + b"\xff"
+    data = record_batches(0, [5]) + corrupt + unknown_codec + bad_crc + record_batches(20, [5])
+    for limit in (None, 3):  # all at once, and in slices as a fetch with max_records
+        records = LightPartitionRecords(TP, MemoryRecords(data), [], 0, None, None, True,
+                                        READ_UNCOMMITTED)
+        out: list = []
+        while taken := records.take(limit):
+            out += taken
+        unreadable = [r for r in out if type(r) is UnreadableBatch]
+        assert [(u.first_offset, u.offset) for u in unreadable] == [(5, 9), (10, 14), (15, 19)]
+        assert "UnsupportedCodecError" in unreadable[1].error
+        assert unreadable[2].error == "CorruptRecordException: [Error 2] CorruptRecordException: invalid CRC"
+        assert [r.offset for r in out if type(r) is not UnreadableBatch] == [*range(5), *range(20, 25)]
+        assert [type(r) is UnreadableBatch for r in out][5:8] == [True] * 3  # in offset order
+        assert records.next_fetch_offset == 25
