@@ -67,6 +67,23 @@ def aiokafka_config(settings: Settings) -> dict[str, Any]:
     return _client_config(settings)
 
 
+def missing_codecs() -> list[str]:
+    """The compression codecs (of the four Kafka producers use) whose library this process
+    lacks, for aiokafka (the worker) or kafka-python (`cpo replay`, the tools): a batch in one
+    of them could not be read. The package's dependencies install them all."""
+    import aiokafka.codec
+    import kafka.codec
+
+    return [codec for codec in ("snappy", "lz4", "zstd")
+            if not (getattr(aiokafka.codec, f"has_{codec}")()
+                    and getattr(kafka.codec, f"has_{codec}")())]
+
+
+def compression_type(settings: Settings) -> str | None:
+    """CPO_KAFKA_COMPRESSION as producers take it (None: uncompressed)."""
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
+
+
 # Kafka's default `message.max.bytes`: the limit of a topic that reports none.
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 

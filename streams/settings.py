@@ -185,6 +185,9 @@ SETTINGS: dict[str, Setting] = {
                                    secret=True),
     "kafka_ssl_cafile": Setting("CPO_KAFKA_SSL_CAFILE", "", _text,
                                 "CA bundle for Kafka TLS (empty: system CAs)"),
+    "kafka_compression": Setting(
+        "CPO_KAFKA_COMPRESSION", "lz4", _choice("none", "gzip", "snappy", "lz4", "zstd"),
+        "compression of the records the worker produces (attributed topic, DLQ)"),
 }
 
 
@@ -221,6 +224,7 @@ class Settings:
     kafka_sasl_username: str
     kafka_sasl_password: str = field(repr=False)
     kafka_ssl_cafile: str
+    kafka_compression: str
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def window_seconds(self) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import shutil
 import ssl
@@ -15,7 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from streams.kafka import aiokafka_config, faust_broker_settings, kafka_python_config
+from streams.kafka import (
+    aiokafka_config,
+    faust_broker_settings,
+    kafka_python_config,
+    missing_codecs,
+)
 from streams.settings import Settings, SettingsError, load_settings
 
 CA_NAME = "cpo-test-ca"
@@ -141,3 +147,31 @@ def test_every_key_is_an_option_of_every_client(cafile: str) -> None:
     for client in (AIOKafkaProducer, AIOKafkaConsumer):
         options = inspect.signature(client.__init__).parameters
         assert set(aiokafka_config(settings)) <= set(options), client
+
+
+def test_the_package_reads_every_codec_kafka_producers_use() -> None:
+    """gzip, snappy, lz4 and zstd batches, in aiokafka (the worker) and kafka-python (the
+    tools): a missing library crashed every worker on the first such batch (issue 27)."""
+    assert missing_codecs() == []
+
+
+def test_a_worker_without_a_codec_library_refuses_to_start(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import aiokafka.codec
+
+    from streams import worker
+
+    monkeypatch.setattr(aiokafka.codec, "cramjam", None)  # as with aiokafka installed alone
+    assert worker.run(argparse.Namespace(metrics_port=None)) == 2
+    assert capsys.readouterr().err == (
+        "cpo worker: cannot read snappy, lz4, zstd-compressed record batches: install the "
+        "package's dependencies (pip install cramjam python-snappy lz4 zstandard)\n")
+
+
+@pytest.mark.parametrize(("setting", "producer"), [("lz4", "lz4"), ("zstd", "zstd"),
+                                                   ("none", None)])
+def test_the_worker_compresses_its_output_as_set(setting: str, producer: str | None) -> None:
+    from streams.worker import create_app
+
+    app = create_app(load_settings({"CPO_KAFKA_COMPRESSION": setting}))
+    assert app.conf.producer_compression_type == producer
