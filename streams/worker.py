@@ -31,6 +31,7 @@ from faust.types import TP
 from kafka.errors import KafkaError as KafkaPythonError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams import private_api
 from streams.events import UnreadableBatch
 from streams.hold import ContactHold
 from streams.kafka import (
@@ -465,6 +466,7 @@ def run(args: argparse.Namespace) -> int:
               "the package's dependencies (pip install cramjam python-snappy lz4 zstandard)",
               file=sys.stderr)
         return 2
+    private_api.check()
     use_light_records()
     app = create_app(settings)
     tune_garbage_collector()

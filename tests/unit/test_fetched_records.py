@@ -15,6 +15,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
+from streams import private_api
 from streams.events import UnreadableBatch
 from streams.settings import load_settings
 from streams.worker import (
@@ -180,3 +181,15 @@ def test_an_unreadable_batch_stands_in_for_its_records_and_the_next_are_read() -
         assert [r.offset for r in out if type(r) is not UnreadableBatch] == [*range(5), *range(20, 25)]
         assert [type(r) is UnreadableBatch for r in out][5:8] == [True] * 3  # in offset order
         assert records.next_fetch_offset == 25
+
+
+def test_every_private_faust_and_aiokafka_attribute_the_worker_uses_is_there() -> None:
+    """Fails naming the attribute when a new Faust or aiokafka release renames one."""
+    assert private_api.missing() == []
+
+
+def test_a_renamed_private_attribute_is_named_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(private_api, "PRIVATE", [
+        *private_api.PRIVATE, (aiokafka_fetcher.FetchResult, "_records_left", "renamed")])
+    with pytest.raises(RuntimeError, match=r"lack FetchResult\._records_left, which the worker"):
+        private_api.check()
