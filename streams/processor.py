@@ -1,9 +1,10 @@
 """One batch of input records, end to end: decode, reject, count in Redis, output.
 
-The processor knows nothing of Faust: it takes records (anything with topic, partition, offset
-and value) and a callable that produces records. The worker feeds it whole fetches and
-commits the offsets only after `process` returns, i.e. after Redis holds the batch's effects
-and the DLQ and output records are acknowledged. A crash anywhere before that redelivers the
+The processor knows nothing of Faust: it takes records (anything with offset, key and value,
+by partition) and a callable that produces records. The worker feeds it whole fetches in three
+steps that overlap across batches, `prepare` (decode), `count` (the Redis script, through the
+worker's lane) and `output`, and commits a batch's offsets only after its `output` returned,
+i.e. after Redis holds the batch's effects and the DLQ and output records are acknowledged. A crash anywhere before that redelivers the
 batch, and the Redis script's identities make the second pass count nothing twice.
 """
 

@@ -5,8 +5,9 @@ flow control during rebalances, offset commits, timers, the web server and signa
 Faust's per-record stream path costs hundreds of microseconds per record on this hardware
 (bench/README.md), so the consumer's drain loop is replaced: instead of dispatching each
 message through the conductor to a stream, it passes each fetch (up to CPO_BATCH_SIZE records
-across the assigned partitions) to `BatchProcessor.process` and then commits the fetch's
-offsets through Faust's own commit path.
+across the assigned partitions) through `BatchProcessor`'s prepare, count and output steps,
+and then commits the fetch's offsets through Faust's own commit path. The private Faust and
+aiokafka attributes this needs are listed and checked in streams/private_api.py.
 """
 
 from __future__ import annotations
