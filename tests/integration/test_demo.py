@@ -59,11 +59,17 @@ class DemoRun:
         self.chart_path = tmp_path / "chart.png"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CPO_")}
         clean["TMPDIR"] = str(tmp_path)  # the demo's logs and the servers' dirs
+        # Ctrl-C must reach the demo as it does a terminal's foreground job, even when the
+        # tests run as a background job (`make test &`, nohup): a shell without job control
+        # starts those with SIGINT ignored, a child inherits that, and Python keeps it ignored.
+        # A handled SIGINT is reset to the default in the child.
+        inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "demo", "--report", str(self.report_path),
              "--chart", str(self.chart_path), *args],
             env={**clean, **(env or {})}, cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        signal.signal(signal.SIGINT, inherited)
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
@@ -93,7 +99,8 @@ class DemoRun:
             status = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            raise
+            raise AssertionError(f"the demo did not exit within {timeout:.0f}s; its output:\n"
+                                 + "\n".join([*self.lines[-15:], *self.errors[-15:]])) from None
         for reader in self.readers:
             reader.join(5)
         return status, "\n".join(self.errors), orjson.loads(self.report_path.read_bytes())
