@@ -475,7 +475,10 @@ class _Search:
         if not ranked:
             return None
         value, seen = ranked[0], {ranked[0]}
-        while (source := self._shadow_of(value, ranked, seen, live, pairs_of)) is not None:
+        while answers[value] == value:  # a pair within it is already parsimonious
+            source = self._shadow_of(value, ranked, seen, live)
+            if source is None:
+                break
             value = source
             seen.add(value)
         return answers[value], value
@@ -486,46 +489,35 @@ class _Search:
         ranked: list[frozenset],
         seen: set[frozenset],
         live: dict[frozenset, _Cell],
-        pairs_of: dict[frozenset, list[frozenset]],
     ) -> frozenset | None:
-        """The value (not yet seen) whose shadow `value` is, if any: removing it changes what
-        explains `value`, while removing `value` leaves its own answer as it was. A value
-        can explain the most excess by holding the shadows of two incidents, or one
-        incident's shadow and a pair incident; the source then goes first, and the rest of
-        `value` is judged without it. Only values whose overlap with `value` rose (z >= REST_Z)
-        are tried."""
+        """The source whose shadow `value` is, if any: of the values with an answer in another
+        dimension whose overlap with `value` rose (z >= REST_Z), the first, when the rest of
+        `value` outside all of them shows no rise of its own (z below REST_Z) and falls short of
+        `value`'s own rise (z <= -REST_Z against `value`'s ratio of actual to expected
+        contacts). A value can explain the most excess by holding the shadows of two incidents
+        (region=eu-west holds 41% of two carriers that rose) or a shadow and a pair incident;
+        then its rise is where it meets them, its other orders did not rise. A source's rise
+        is spread over every other dimension (the rest of it rose too, or it has no rest):
+        no shadow. Values of one dimension share no order, so removing several is exact."""
+        groups: dict[str, list[frozenset]] = {}  # by dimension, in the order of `ranked`
         for other in ranked:
-            overlap = live.get(value | other)
-            if (
-                other in seen
-                or overlap is None
-                or overlap.excess <= 0
-                or overlap.z < REST_Z
-            ):
+            overlap = live.get(value | other)  # None for `value` and values of its dimension
+            if overlap is not None and overlap.excess > 0 and overlap.z >= REST_Z:
+                groups.setdefault(next(iter(other))[0], []).append(other)
+        cell = live[value]
+        for group in groups.values():
+            if group[0] in seen or cell.expected <= 0:
                 continue
-            if self._changes(other, value, live, pairs_of) and not self._changes(
-                value, other, live, pairs_of
-            ):
-                return other
+            rest = cell.minus(
+                _Cell(
+                    sum(live[value | g].actual for g in group),
+                    sum(live[value | g].expected for g in group),
+                )
+            )
+            as_risen = _Cell(rest.actual, rest.expected * cell.actual / cell.expected, rest.noise)
+            if rest.z < REST_Z and as_risen.z <= -REST_Z:
+                return group[0]
         return None
-
-    def _changes(
-        self,
-        removed: frozenset,
-        value: frozenset,
-        live: dict[frozenset, _Cell],
-        pairs_of: dict[frozenset, list[frozenset]],
-    ) -> bool:
-        """Whether removing value `removed` changes `value`'s answer (`_answer`)."""
-        without = {
-            fs: live[fs].minus(self._overlap(fs, removed))
-            for fs in [value, *pairs_of.get(value, [])]
-            if fs in live and not removed <= fs
-        }
-        pairs = [fs for fs in without if len(fs) == 2]
-        return self._answer(value, without, pairs) != self._answer(
-            value, live, pairs_of.get(value, [])
-        )
 
     def _answer(
         self, value: frozenset, live: dict[frozenset, _Cell], pairs: list[frozenset]
