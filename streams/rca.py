@@ -476,7 +476,7 @@ class _Search:
             return None
         value, seen = ranked[0], {ranked[0]}
         while answers[value] == value:  # a pair within it is already parsimonious
-            source = self._shadow_of(value, ranked, seen, live)
+            source = self._shadow_of(value, ranked, seen, live, pairs_of)
             if source is None:
                 break
             value = source
@@ -489,35 +489,58 @@ class _Search:
         ranked: list[frozenset],
         seen: set[frozenset],
         live: dict[frozenset, _Cell],
+        pairs_of: dict[frozenset, list[frozenset]],
     ) -> frozenset | None:
         """The source whose shadow `value` is, if any: of the values with an answer in another
         dimension whose overlap with `value` rose (z >= REST_Z), the first, when the rest of
-        `value` outside all of them shows no rise of its own (z below REST_Z) and falls short of
-        `value`'s own rise (z <= -REST_Z against `value`'s ratio of actual to expected
-        contacts). A value can explain the most excess by holding the shadows of two incidents
-        (region=eu-west holds 41% of two carriers that rose) or a shadow and a pair incident;
-        then its rise is where it meets them, its other orders did not rise. A source's rise
-        is spread over every other dimension (the rest of it rose too, or it has no rest):
-        no shadow. Values of one dimension share no order, so removing several is exact."""
+        `value` outside all of them (`_rest`) shows no rise of its own (z below REST_Z) and
+        falls short of `value`'s own rise (z <= -REST_Z against `value`'s ratio of actual to
+        expected contacts). A value can explain the most excess by holding the shadows of two
+        incidents (region=eu-west holds 41% of two carriers that rose) or a shadow and a pair
+        incident; then its rise is where it meets them, its other orders did not rise. A
+        source's rise is spread over every other dimension, the rest of it rose too."""
         groups: dict[str, list[frozenset]] = {}  # by dimension, in the order of `ranked`
         for other in ranked:
             overlap = live.get(value | other)  # None for `value` and values of its dimension
             if overlap is not None and overlap.excess > 0 and overlap.z >= REST_Z:
                 groups.setdefault(next(iter(other))[0], []).append(other)
         cell = live[value]
-        for group in groups.values():
-            if group[0] in seen or cell.expected <= 0:
+        for dimension, group in groups.items():
+            if group[0] in seen:
                 continue
-            rest = cell.minus(
-                _Cell(
-                    sum(live[value | g].actual for g in group),
-                    sum(live[value | g].expected for g in group),
-                )
-            )
+            rest = self._rest(value, dimension, group, live, pairs_of.get(value, []))
+            if rest is None:
+                continue
             as_risen = _Cell(rest.actual, rest.expected * cell.actual / cell.expected, rest.noise)
             if rest.z < REST_Z and as_risen.z <= -REST_Z:
                 return group[0]
         return None
+
+    def _rest(
+        self,
+        value: frozenset,
+        dimension: str,
+        group: list[frozenset],
+        live: dict[frozenset, _Cell],
+        pairs: list[frozenset],
+    ) -> _Cell | None:
+        """`value` outside the values `group` of `dimension`: its contacts minus theirs (values
+        of one dimension share no order, so this is exact), and its expected contacts times
+        the share of them that its pairs along `dimension` expect outside `group` (a value's
+        and its pairs' expectations are shrunk and mix-adjusted apart, so they need not add
+        up; their proportions do). None when the rest holds fewer than min_orders or
+        1 - PAIR_SHARE of `value`'s orders: too little to judge."""
+        orders = self._orders(value, self.cur)
+        inside = [value | g for g in group]
+        rest_orders = orders - sum(self._orders(fs, self.cur) for fs in inside)
+        cell = live[value]
+        along = [fs for fs in pairs if fs in live and dimension in dict(fs)]
+        total = sum(live[fs].expected for fs in along)
+        if rest_orders < max(self.min_orders, (1 - PAIR_SHARE) * orders) or total <= 0:
+            return None
+        share = 1 - sum(live[fs].expected for fs in inside) / total
+        actual = cell.actual - sum(live[fs].actual for fs in inside)
+        return _Cell(max(actual, 0.0), max(cell.expected * share, 0.0), cell.noise)
 
     def _answer(
         self, value: frozenset, live: dict[frozenset, _Cell], pairs: list[frozenset]
