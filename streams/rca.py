@@ -476,7 +476,7 @@ class _Search:
             return None
         value, seen = ranked[0], {ranked[0]}
         while answers[value] == value:  # a pair within it is already parsimonious
-            source = self._shadow_of(value, answers, ranked, seen, live, pairs_of)
+            source = self._shadow_of(value, ranked, seen, live, pairs_of)
             if source is None:
                 break
             value = source
@@ -486,21 +486,21 @@ class _Search:
     def _shadow_of(
         self,
         value: frozenset,
-        answers: dict[frozenset, frozenset],
         ranked: list[frozenset],
         seen: set[frozenset],
         live: dict[frozenset, _Cell],
         pairs_of: dict[frozenset, list[frozenset]],
     ) -> frozenset | None:
         """The source whose shadow `value` is, if any: of the values with an answer in another
-        dimension whose overlap with `value` rose (z >= REST_Z), the first whose answer is not
-        that overlap (which would name a part of `value`), when the rest of
+        dimension whose overlap with `value` rose (z >= REST_Z), the first, when the rest of
         `value` outside all of them (`_rest`) shows no rise of its own (z below REST_Z) and
         falls short of `value`'s own rise (z <= -REST_Z against `value`'s ratio of actual to
         expected contacts). A value can explain the most excess by holding the shadows of two
-        incidents (region=eu-west holds 41% of two carriers that rose) or a shadow and a pair
-        incident; then its rise is where it meets them, its other orders did not rise. A
-        source's rise is spread over every other dimension, the rest of it rose too."""
+        incidents (region=eu-west holds 41% of two carriers that rose), or a shadow and a pair
+        incident, or a pair incident that holds a little under PAIR_SHARE of it by noise; then
+        its rise is where it meets them, its other orders did not rise, and the first of them
+        (with its answer, maybe that very pair within it) goes first. A source's rise is spread
+        over every other dimension: the rest of it rose too."""
         cell = live[value]
         if cell.expected <= 0:
             return None
@@ -510,14 +510,12 @@ class _Search:
             if overlap is not None and overlap.excess > 0 and overlap.z >= REST_Z:
                 groups.setdefault(next(iter(other))[0], []).append(other)
         for dimension, group in groups.items():
-            # a value whose answer is its overlap with `value` names a part of `value`: no source
-            sources = [g for g in group if answers[g] != value | g and g not in seen]
             rest = self._rest(value, dimension, group, live, pairs_of.get(value, []))
-            if sources and rest is not None:
+            if group[0] not in seen and rest is not None:
                 ratio = cell.actual / cell.expected
                 as_risen = _Cell(rest.actual, rest.expected * ratio, rest.noise)
                 if rest.z < REST_Z and as_risen.z <= -REST_Z:
-                    return sources[0]
+                    return group[0]
         return None
 
     def _rest(

@@ -405,6 +405,22 @@ def test_every_pair_named_is_named_within_a_parent():
     assert defect_keys(expl) == [ACME, SEA8]
 
 
+def test_a_pair_just_under_the_pair_share_of_one_value_is_named_within_the_other():
+    # acme x sea8 0.05 -> 0.4 (42 excess contacts), acme's other warehouses 0.05 -> 0.08 (10.8,
+    # no significant rise: z 1.9): the pair holds 79.5% of acme's excess, 100% of sea8's.
+    # acme explains more, but its rise is where it meets sea8: the answer is the pair,
+    # within sea8 (the pair rule holds there)
+    def rate(c, w, r):
+        if c == "acme":
+            return 0.4 if w == "sea8" else 0.08
+        return base_rate(c, w, r)
+
+    expl = explain(cube(leaves(flat(60), rate)), combine_baselines([BASE] * 3))
+    top = expl.defects[0]
+    assert top.key == ACME_SEA8 and top.parent is not None and top.parent.key == SEA8
+    assert defect_keys(expl) == [ACME_SEA8]
+
+
 def test_the_share_of_the_rise_is_at_most_100_percent():
     # acme's rate triples while the others' falls: acme alone would raise the overall rate by
     # five times what it rose (explanatory power 5), but a sentence cannot put more than all of
