@@ -39,6 +39,14 @@ class Snapshot:
     orders: float  # all orders in the window
     segments: dict[Key, Segment] = field(default_factory=dict)
     windows: float = 1.0  # how many windows' worth of evidence the counts hold (see below)
+    pair_windows: float | None = None  # the same for pairs, when they come from other windows
+
+    def evidence(self, key: Key) -> float:
+        """How many windows' worth of evidence the counts of segment `key` hold: a baseline's
+        pairs may come from fewer windows than its single values (a week ago has no pairs)."""
+        if len(key) == 2 and self.pair_windows is not None:
+            return self.pair_windows
+        return self.windows
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,15 @@ def combine_baselines(snapshots: list[Snapshot]) -> Snapshot:
 
     The caller averages, e.g., the same window a week earlier and the mean of recent windows.
     A mean of n windows is as noisy as one window of n times the counts, so `windows` records
-    that evidence (n^2 / sum(1 / windows_i)): the significance test uses it.
+    that evidence (n^2 / sum(1 / windows_i)): the significance test uses it. `pair_windows` is
+    combined the same way, when a snapshot sets it.
     """
     if not snapshots:
         return Snapshot(contacts=0.0, orders=0.0)
     n = len(snapshots)
+    pair_windows = None
+    if any(s.pair_windows is not None for s in snapshots):
+        pair_windows = n * n / sum(1 / (s.pair_windows or s.windows) for s in snapshots)
     sums: dict[Key, list[float]] = {}
     for snapshot in snapshots:
         for segment in snapshot.segments.values():
@@ -124,6 +136,7 @@ def combine_baselines(snapshots: list[Snapshot]) -> Snapshot:
         orders=sum(s.orders for s in snapshots) / n,
         segments={key: Segment(key, c / n, o / n) for key, (c, o) in sums.items()},
         windows=n * n / sum(1 / s.windows for s in snapshots),
+        pair_windows=pair_windows,
     )
 
 
@@ -250,8 +263,15 @@ def _describe(c: Candidate, *, lead: bool) -> str:
         parent = f"(CPO {_num(c.parent.current_rate)} vs {_num(c.parent.baseline_rate)} baseline)"
         where = f"{label(c.parent.key)} {parent}, within it {inner} {own}"
     if lead and c.explanatory_power is not None:
-        return f"{c.explanatory_power:.0%} of the rise comes from {where}"
+        return f"{_share_of_rise(c.explanatory_power):.0%} of the rise comes from {where}"
     return where
+
+
+def _share_of_rise(explanatory_power: float) -> float:
+    """The explanatory power as a share of the rise, within [0, 1]: a segment can move the
+    overall rate by more than it moved (others fell meanwhile, or the rise is small next to
+    the segment's), but a rise cannot come more than all from one place."""
+    return min(max(explanatory_power, 0.0), 1.0)
 
 
 def _num(x: float) -> str:
@@ -325,8 +345,11 @@ class _Search:
 
     def _noise(self, fs: frozenset) -> float:
         """1 + current orders / baseline evidence: how much the baseline's own noise widens
-        the spread of the excess (the prior of the shrunk rate counts as min_orders orders)."""
-        evidence = self.baseline.windows * self._orders(fs, self.base) + self.min_orders
+        the spread of the excess (the prior of the shrunk rate counts as min_orders orders).
+        The evidence is that of the windows the segment's baseline counts come from: a pair's
+        are the recent windows only, fewer than its values' when a week ago is averaged in."""
+        windows = self.baseline.evidence(self.keys[fs])
+        evidence = windows * self._orders(fs, self.base) + self.min_orders
         if evidence <= 0:  # no baseline orders and no prior: the overall rate stood in
             evidence = self.baseline.windows * self.baseline.orders
         return 1 + self._orders(fs, self.cur) / evidence
@@ -391,36 +414,33 @@ class _Search:
         return cell.excess > 0 and cell.z >= self.min_z
 
     def run(self, top: int) -> tuple[Candidate, ...]:
-        """Pick the most certain defect (highest z), name it (value or pair), remove its orders
-        and contacts from every other segment, repeat. A shadow of an incident (its part in
-        another dimension's values) is always less certain than the incident, so it is never
-        picked first and is gone once the incident is removed. The defects are then ordered
-        by excess contacts, the size of the problem; non-defects (mix shifts) follow."""
+        """Name the answer that explains the most excess contacts (`_choose`), remove its value
+        from every other segment, repeat. The defects are then ordered by excess contacts, the
+        size of the problem; non-defects (mix shifts) follow."""
         live = {
             fs: cell
             for fs, cell in self.cells.items()
             if self._orders(fs, self.cur) >= self.min_orders
         }
+        pairs_of: dict[frozenset, list[frozenset]] = {}
+        for fs in live:
+            if len(fs) == 2:
+                for item in fs:
+                    pairs_of.setdefault(frozenset([item]), []).append(fs)
         defects: list[Candidate] = []
         while len(defects) < top:
-            significant = [fs for fs, cell in live.items() if self._defect(cell)]
-            if not significant:
+            answer = self._choose(live, pairs_of)
+            if answer is None:
                 break
-            best = min(significant, key=lambda fs: (-live[fs].z, -live[fs].excess, sorted(fs)))
-            reported, parent = self._refine(best, live)
+            reported, value = answer
+            parent = None if value == reported else self._candidate(value, live[value])
             defects.append(
-                self._candidate(
-                    reported,
-                    live[reported],
-                    is_defect=True,
-                    parent=None if parent is None else self._candidate(parent, live[parent]),
-                )
+                self._candidate(reported, live[reported], is_defect=True, parent=parent)
             )
-            region = parent or reported
             live = {
-                fs: cell.minus(self._overlap(fs, region))
+                fs: cell.minus(self._overlap(fs, value))
                 for fs, cell in live.items()
-                if not region <= fs
+                if not value <= fs
             }
         defects.sort(key=lambda c: -c.excess_contacts)
         mix: list[Candidate] = []
@@ -430,55 +450,146 @@ class _Search:
             mix = sorted((c for c in singles if c.mix_effect > 0), key=lambda c: -c.mix_effect)
         return tuple(defects + mix[: max(top - len(defects), 0)])
 
-    def _overlap(self, fs: frozenset, region: frozenset) -> _Cell:
-        """The part of segment `fs` inside `region`. Exact when the counts hold it: two values
-        of different dimensions (their pair), a value and a pair it belongs to; two values of
-        one dimension share nothing. Three values would need a triple, which is not counted:
-        it is estimated from each pair of the three, as the share of that pair that also has
-        the third value x (taken as x's share of orders within one of the pair's values), and
-        the estimate with the largest excess is removed, so that a shadow is removed rather
-        than left behind. Four values (two disjoint pairs) count as no overlap."""
+    def _choose(
+        self, live: dict[frozenset, _Cell], pairs_of: dict[frozenset, list[frozenset]]
+    ) -> tuple[frozenset, frozenset] | None:
+        """(segment to name, the single value it lies in): of every value's answer (`_answer`),
+        the one that explains the most excess contacts, unless its value is the shadow of
+        other incidents (`_shadow_of`); on a tie, the more certain value.
+
+        Why excess and not z: the z-score favours small, concentrated slices, and among the
+        hundreds of slices of a real source one is often more certain than the source itself
+        (a pair inside it, or the pair's partner, whose whole rise is that pair). Excess is
+        additive: a shadow holds part of its source's excess (the part in one value of another
+        dimension), so it explains less. Noise is kept out by naming only defects."""
+        answers = {}
+        for fs, cell in live.items():
+            if len(fs) == 1 and cell.excess > 0:
+                answer = self._answer(fs, live, pairs_of.get(fs, []))
+                if answer is not None:
+                    answers[fs] = answer
+        ranked = sorted(
+            answers,
+            key=lambda v: (-live[answers[v]].excess, -live[v].z, sorted(answers[v]), sorted(v)),
+        )
+        if not ranked:
+            return None
+        value, seen = ranked[0], {ranked[0]}
+        while answers[value] == value:  # a pair within it is already parsimonious
+            source = self._shadow_of(value, ranked, seen, live, pairs_of)
+            if source is None:
+                break
+            value = source
+            seen.add(value)
+        return answers[value], value
+
+    def _shadow_of(
+        self,
+        value: frozenset,
+        ranked: list[frozenset],
+        seen: set[frozenset],
+        live: dict[frozenset, _Cell],
+        pairs_of: dict[frozenset, list[frozenset]],
+    ) -> frozenset | None:
+        """The source whose shadow `value` is, if any: of the values with an answer in another
+        dimension whose overlap with `value` rose (z >= REST_Z), the first, when the rest of
+        `value` outside all of them (`_rest`) shows no rise of its own (z below REST_Z) and
+        falls short of `value`'s own rise (z <= -REST_Z against `value`'s ratio of actual to
+        expected contacts). A value can explain the most excess by holding the shadows of two
+        incidents (region=eu-west holds 41% of two carriers that rose), or a shadow and a pair
+        incident, or a pair incident that holds a little under PAIR_SHARE of it by noise; then
+        its rise is where it meets them, its other orders did not rise, and the first of them
+        (with its answer, maybe that very pair within it) goes first. A source's rise is spread
+        over every other dimension: the rest of it rose too."""
+        cell = live[value]
+        if cell.expected <= 0:
+            return None
+        groups: dict[str, list[frozenset]] = {}  # by dimension, in the order of `ranked`
+        for other in ranked:
+            overlap = live.get(value | other) if other != value else None
+            if overlap is not None and overlap.excess > 0 and overlap.z >= REST_Z:
+                groups.setdefault(next(iter(other))[0], []).append(other)
+        for dimension, group in groups.items():
+            rest = self._rest(value, dimension, group, live, pairs_of.get(value, []))
+            if group[0] not in seen and rest is not None:
+                ratio = cell.actual / cell.expected
+                as_risen = _Cell(rest.actual, rest.expected * ratio, rest.noise)
+                if rest.z < REST_Z and as_risen.z <= -REST_Z:
+                    return group[0]
+        return None
+
+    def _rest(
+        self,
+        value: frozenset,
+        dimension: str,
+        group: list[frozenset],
+        live: dict[frozenset, _Cell],
+        pairs: list[frozenset],
+    ) -> _Cell | None:
+        """`value` outside the values `group` of `dimension`: its contacts minus theirs (values
+        of one dimension share no order, so this is exact), and its expected contacts times
+        the share of them that its pairs along `dimension` expect outside `group` (a value's
+        and its pairs' expectations are shrunk and mix-adjusted apart, so they need not add
+        up; their proportions do). None when the rest holds fewer than min_orders or
+        1 - PAIR_SHARE of `value`'s orders: too little to judge."""
+        orders = self._orders(value, self.cur)
+        inside = [value | g for g in group]
+        rest_orders = orders - sum(self._orders(fs, self.cur) for fs in inside)
+        cell = live[value]
+        along = [fs for fs in pairs if fs in live and dimension in dict(fs)]
+        total = sum(live[fs].expected for fs in along)
+        if rest_orders < max(self.min_orders, (1 - PAIR_SHARE) * orders) or total <= 0:
+            return None
+        share = 1 - sum(live[fs].expected for fs in inside) / total
+        actual = cell.actual - sum(live[fs].actual for fs in inside)
+        return _Cell(max(actual, 0.0), max(cell.expected * share, 0.0), cell.noise)
+
+    def _answer(
+        self, value: frozenset, live: dict[frozenset, _Cell], pairs: list[frozenset]
+    ) -> frozenset | None:
+        """What explains a value's rise, parsimoniously: a pair within it that satisfies the
+        pair rule (the largest such defect), else the value if it is a defect, else nothing. So
+        a pair is never named alone, and never when the rest of its value rose too."""
+        confined = [
+            fs
+            for fs in pairs
+            if fs in live and self._defect(live[fs]) and self._confined(fs, value, live)
+        ]
+        if confined:
+            return min(confined, key=lambda fs: (-live[fs].excess, -live[fs].z, sorted(fs)))
+        return value if self._defect(live[value]) else None
+
+    @staticmethod
+    def _confined(pair: frozenset, value: frozenset, live: dict[frozenset, _Cell]) -> bool:
+        """The pair rule: the pair holds at least PAIR_SHARE of the value's excess contacts and
+        the rest of the value shows no rise of its own (z below REST_Z)."""
+        p, c = live[value], live[pair]
+        return c.excess >= PAIR_SHARE * p.excess and p.minus(c).z < REST_Z
+
+    def _overlap(self, fs: frozenset, value: frozenset) -> _Cell:
+        """The part of segment `fs` that has the single value `value`. Exact when the counts
+        hold it: a value of another dimension (their pair); another value of the same
+        dimension shares nothing. A pair and a third value would need a triple, which is not
+        counted: it is estimated from each pair of the three, as the share of that pair that
+        also has the third value x (taken as x's share of orders within one of the pair's
+        values), and the estimate with the largest excess is removed, so that a shadow is
+        removed rather than left behind."""
         values = dict(fs)
-        if any(values.get(dimension, value) != value for dimension, value in region):
+        ((dimension, item),) = value
+        if values.get(dimension, item) != item:
             return _Cell(0.0, 0.0)
-        union = fs | region
+        union = fs | value
         if union in self.cells:
             return self.cells[union]
         estimates = []
-        if len(union) == 3:
-            for x in union:
-                known = self.cells.get(union - {x})
-                for y in union - {x}:
-                    y_orders = self._orders(frozenset([y]), self.cur)
-                    if known is not None and y_orders > 0:
-                        f = self._orders(frozenset([x, y]), self.cur) / y_orders
-                        estimates.append(_Cell(known.actual * f, known.expected * f, known.noise))
+        for x in union:
+            known = self.cells.get(union - {x})
+            for y in union - {x}:
+                y_orders = self._orders(frozenset([y]), self.cur)
+                if known is not None and y_orders > 0:
+                    f = self._orders(frozenset([x, y]), self.cur) / y_orders
+                    estimates.append(_Cell(known.actual * f, known.expected * f, known.noise))
         return max(estimates, key=lambda cell: cell.excess, default=_Cell(0.0, 0.0))
-
-    def _refine(
-        self, best: frozenset, live: dict[frozenset, _Cell]
-    ) -> tuple[frozenset, frozenset | None]:
-        """(reported segment, the single value it lies within or None): a pair is reported
-        within a parent value that it explains (PAIR_SHARE, REST_Z). Of two such parents, the
-        one with the higher z-score (the more concentrated) is named."""
-
-        def confined(pair: frozenset, parent: frozenset) -> bool:
-            p, c = live[parent], live[pair]
-            return p.excess > 0 and c.excess >= PAIR_SHARE * p.excess and p.minus(c).z < REST_Z
-
-        if len(best) == 1:
-            pairs = [
-                fs
-                for fs, cell in live.items()
-                if len(fs) == 2 and best < fs and self._defect(cell) and confined(fs, best)
-            ]
-            if not pairs:
-                return best, None
-            best = min(pairs, key=lambda fs: (-live[fs].z, -live[fs].excess, sorted(fs)))
-        parents = [p for p in (frozenset([i]) for i in best) if p in live and confined(best, p)]
-        if not parents:
-            return best, None
-        return best, min(parents, key=lambda p: (-live[p].z, sorted(p)))
 
     def _candidate(
         self,

@@ -155,7 +155,8 @@ def current_snapshot(inputs: Inputs, cause: str) -> Snapshot:
 
 
 def baseline_snapshot(inputs: Inputs, cause: str, *, segments: bool = True) -> Snapshot:
-    """`combine_baselines([week ago, mean of recent])`, with the pairs of the recent mean."""
+    """`combine_baselines([week ago, mean of recent])`, with the pairs of the recent mean and
+    that mean's evidence for them (`pair_windows`)."""
     pairs = inputs.pairs and segments
     recent = [snapshot(c.singles, c.pairs if pairs else None, cause, segments=segments)
               for c in inputs.recent]
@@ -164,10 +165,11 @@ def baseline_snapshot(inputs: Inputs, cause: str, *, segments: bool = True) -> S
         parts.insert(0, snapshot(inputs.week_ago, None, cause, inputs.week_ago_scale,
                                  segments=segments))
     combined = combine_baselines(parts)
-    if pairs and len(parts) == 2:  # the week-ago window has no pairs: keep the recent ones
+    if pairs and len(parts) == 2:  # the week-ago window has no pairs: keep the recent ones,
+        # with the evidence of the recent windows they come from
         segments = {k: s for k, s in combined.segments.items() if len(k) == 1}
         segments.update((k, s) for k, s in parts[1].segments.items() if len(k) == 2)
-        combined = replace(combined, segments=segments)
+        combined = replace(combined, segments=segments, pair_windows=parts[1].windows)
     return combined
 
 

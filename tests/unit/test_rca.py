@@ -342,6 +342,96 @@ def test_segments_below_min_orders_are_not_reported():
     assert small.defects[0].z_score == pytest.approx(z, abs=1e-9)
 
 
+# --- issue 22: explaining away names neither a shadow nor a bare pair ----------------------
+
+# A 5 x 5 x 4 cube (carrier, category, region), 40 orders a leaf, 0.0175 contacts per order,
+# the baseline the mean of 3 such windows.
+DIMS3 = ("carrier", "category", "region")
+C0, R0, R3, C4 = (("carrier", "c0"),), (("region", "r0"),), (("region", "r3"),), (("carrier", "c4"),)
+
+
+def cube3(rate, volume=lambda c, k, r: 40) -> Snapshot:
+    return cube({(c, k, r): (volume(c, k, r), volume(c, k, r) * rate(c, k, r))
+                 for c in (f"c{i}" for i in range(5)) for k in (f"k{i}" for i in range(5))
+                 for r in (f"r{i}" for i in range(4))}, DIMS3)
+
+
+def test_a_pair_inside_a_source_that_outranks_it_on_z_is_not_picked_before_it():
+    # Two incidents at once: carrier=c0 x4 and region=r0 x2, where category=k3 (a small one:
+    # 15 orders a leaf) is hotter (x8 more, outside c0). Once c0 is explained away, the pair
+    # (k3, r0) has 15.1 contacts against 1.1 expected (z 4.9), r0 39.2 against 12.2 (z 4.8):
+    # by z the pair came first, named within k3 (its whole rise), and r0 was never named. The
+    # pair holds 52% of r0's excess, under the pair rule's 80%: the answer is r0.
+    def volume(c, k, r):
+        return 15 if k == "k3" else 40
+
+    def rate(c, k, r):
+        x = 0.0175 * (4 if c == "c0" else 1) * (2 if r == "r0" else 1)
+        return x * (8 if (k, r) == ("k3", "r0") and c != "c0" else 1)
+
+    baseline = combine_baselines([cube3(lambda c, k, r: 0.0175, volume)] * 3)
+    expl = explain(cube3(rate, volume), baseline)
+    assert defect_keys(expl) == [C0, R0]
+    assert all(c.parent is None for c in expl.defects)
+    assert "category=k3" not in format_explanation(expl)
+
+
+def test_a_pair_below_the_pair_share_is_not_named_alone_when_its_parent_is_the_answer():
+    # region=r3 x4 and carrier=c4 x2, c4 x3 more in region r0; c1 in r0 x2.6 (no defect on its
+    # own). After r3 is explained away, c4 is a defect (z 4.65, 24.5 excess contacts) and its
+    # pair (c4, r0) holds 17.5 of them (71%, under the 80% pair share) with a higher z (4.7);
+    # r0 cannot be its parent either (76% of r0's excess). The pair used to be reported with no
+    # parent; the answer is carrier=c4 (docs/root-cause.md, step 5).
+    def rate(c, k, r):
+        x = 0.0175 * (4 if r == "r3" else 1) * (2 if c == "c4" else 1)
+        return x * (3 if (c, r) == ("c4", "r0") else 2.6 if (c, r) == ("c1", "r0") else 1)
+
+    baseline = combine_baselines([cube3(lambda c, k, r: 0.0175)] * 3)
+    expl = explain(cube3(rate), baseline)
+    assert defect_keys(expl) == [R3, C4]
+    assert all(len(c.key) == 1 or c.parent is not None for c in expl.candidates)
+
+
+def test_every_pair_named_is_named_within_a_parent():
+    # acme and sea8 each double, and where they meet the rate is 6x: (acme, sea8) is the most
+    # certain segment but holds 62% of either parent's excess, so no parent satisfies the pair
+    # rule and the pair is no answer; acme is (equal excess, the first dimension), then sea8
+    def rate(c, w, r):
+        if (c, w) == ("acme", "sea8"):
+            return 0.3
+        return 0.1 if c == "acme" or w == "sea8" else base_rate(c, w, r)
+
+    expl = explain(cube(leaves(flat(200), rate)), cube(leaves(flat(200), base_rate)))
+    assert defect_keys(expl) == [ACME, SEA8]
+
+
+def test_a_pair_just_under_the_pair_share_of_one_value_is_named_within_the_other():
+    # acme x sea8 0.05 -> 0.4 (42 excess contacts), acme's other warehouses 0.05 -> 0.08 (10.8,
+    # no significant rise: z 1.9): the pair holds 79.5% of acme's excess, 100% of sea8's.
+    # acme explains more, but its rise is where it meets sea8: the answer is the pair,
+    # within sea8 (the pair rule holds there)
+    def rate(c, w, r):
+        if c == "acme":
+            return 0.4 if w == "sea8" else 0.08
+        return base_rate(c, w, r)
+
+    expl = explain(cube(leaves(flat(60), rate)), combine_baselines([BASE] * 3))
+    top = expl.defects[0]
+    assert top.key == ACME_SEA8 and top.parent is not None and top.parent.key == SEA8
+    assert defect_keys(expl) == [ACME_SEA8]
+
+
+def test_the_share_of_the_rise_is_at_most_100_percent():
+    # acme's rate triples while the others' falls: acme alone would raise the overall rate by
+    # five times what it rose (explanatory power 5), but a sentence cannot put more than all of
+    # the rise on it
+    base = Snapshot(200, 4000, {ACME: Segment(ACME, 50, 1000), OTHER: Segment(OTHER, 150, 3000)})
+    cur = Snapshot(220, 4000, {ACME: Segment(ACME, 150, 1000), OTHER: Segment(OTHER, 70, 3000)})
+    expl = explain(cur, base, cause="wismo")
+    assert expl.defects[0].explanatory_power > 1  # the field keeps Adtributor's number
+    assert "; 100% of the rise comes from carrier=acme" in format_explanation(expl)
+
+
 EMPTY = Snapshot(0.0, 0.0)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from datetime import UTC, datetime
 from itertools import combinations
 
@@ -209,6 +210,25 @@ def test_a_pair_incident_is_named_as_the_pair():
     assert expl.defects[0].key == ACME_SEA8
     assert segment_labels(expl.defects[0].key) == ("carrier,warehouse", "acme,sea8")
     assert segment_labels(ACME) == ("carrier", "acme")
+
+
+def test_pairs_have_the_evidence_of_the_recent_windows_they_come_from():
+    # One recent window and a week ago: single values average both (2 windows of evidence),
+    # pairs come from the recent window alone (1). acme x sea8: 50 contacts against 20
+    # expected, Freeman-Tukey sqrt(50) + sqrt(51) - sqrt(81) = 5.21, over sqrt(1 + 400 / (1 x
+    # 400 + 30)) = 3.75: no defect. Weighed as 2 windows, it was 4.28, a defect named "carrier=acme,
+    # within it warehouse=sea8", from a rise no larger than noise at that weight.
+    flat = grid(lambda c, w: 0.05)
+    current = grid(lambda c, w: 0.125 if (c, w) == ("acme", "sea8") else 0.05)
+    inputs = Inputs("1h", current, (flat,), flat.singles)
+    base = baseline_snapshot(inputs, "wismo")
+    assert base.windows == pytest.approx(2) and base.pair_windows == pytest.approx(1)
+    assert explain_window(inputs, "wismo").defects == ()
+    pair = next(c for c in explain_window(inputs, "wismo", min_z=3).candidates
+                if c.key == ACME_SEA8)
+    deviate = math.sqrt(50) + math.sqrt(51) - 9
+    assert pair.expected_contacts == pytest.approx(20)
+    assert pair.z_score == pytest.approx(deviate / math.sqrt(1 + 400 / 430))
 
 
 # --- scores and JSON ------------------------------------------------------------------------
